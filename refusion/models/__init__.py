@@ -1,0 +1,19 @@
+"""Networks of the toolkit and an explicit name -> class table used by recipes.
+
+Each network module adds its classes to MODELS below (plain imports, no registration side effects).
+"""
+from __future__ import annotations
+
+MODELS: dict[str, type] = {}
+
+
+def build_model(name: str, **kwargs):
+    """Build a network by its table name with its constructor arguments."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def final_output(y):
+    """The image a caller should use from a network output (HINet returns [stage1, stage2])."""
+    return y[-1] if isinstance(y, (list, tuple)) else y
