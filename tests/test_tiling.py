@@ -1,0 +1,80 @@
+"""Tiling: weights form a partition of unity, and tiled == whole for a local function."""
+import pytest
+import torch
+from torch import nn
+
+from refusion.tiling import blend_weights_1d, tile_layout, tile_starts, tiled_apply, validate_tiling
+
+
+@pytest.mark.parametrize("height,width,tile,overlap,multiple", [
+    (64, 64, 32, 8, 8), (96, 72, 32, 16, 8), (200, 136, 64, 16, 8), (40, 40, 64, 16, 8), (72, 48, 16, 12, 4),
+])
+def test_blend_weights_sum_to_one_everywhere(height, width, tile, overlap, multiple):
+    total = torch.zeros(height, width, dtype=torch.float64)
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    for spec, w in tile_layout(height, width, tile, overlap, multiple):
+        assert spec.top % multiple == 0 and spec.left % multiple == 0
+        assert spec.height % multiple == 0 and spec.width % multiple == 0
+        assert (w >= 0).all()
+        total[spec.top:spec.top + spec.height, spec.left:spec.left + spec.width] += w
+        covered[spec.top:spec.top + spec.height, spec.left:spec.left + spec.width] |= w > 0
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-12)
+    assert covered.all()
+
+
+def test_weights_are_smooth_and_zero_near_inner_edges():
+    weights = blend_weights_1d(96, 32, 16, 8)
+    first, middle = weights[0], weights[1]
+    assert torch.all(middle[:4] == 0) and torch.all(middle[-4:] == 0)   # margin overlap // 4
+    assert torch.all(first[:16] == 1)                                      # no neighbour on the image edge
+    assert torch.all(torch.diff(middle[:16]) >= 0)                         # monotone fade-in
+    assert torch.diff(middle[:16]).abs().max() < 0.25                      # no hard step
+
+
+def test_tile_starts_cover_the_axis():
+    assert tile_starts(64, 64, 16) == [0]
+    starts = tile_starts(200, 64, 16, 8)
+    assert starts[0] == 0 and starts[-1] + 64 == 200
+    assert all(b - a <= 64 - 16 for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("tile,overlap,multiple,match", [
+    (0, 0, 8, "tile_size"), (30, 8, 8, "multiple of 8"), (32, 32, 8, "tile_overlap"), (32, -1, 8, "tile_overlap"),
+])
+def test_invalid_tiling_is_refused(tile, overlap, multiple, match):
+    with pytest.raises(ValueError, match=match):
+        validate_tiling(tile, overlap, multiple)
+
+
+def _local_net(in_ch=3, out_ch=5, seed=0):
+    # receptive-field radius 3 (three 3x3 convs), zero padding like the networks' convs
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.GELU(), nn.Conv2d(8, out_ch, 3, padding=1)).eval()
+
+
+def test_tiled_equals_whole_for_local_network():
+    net = _local_net()
+    x = torch.rand(2, 3, 64, 56)
+    with torch.no_grad():
+        whole = net(x)
+        tiled = tiled_apply(net, x, tile=32, overlap=16, multiple=8)
+    assert tiled.shape == (2, 5, 64, 56)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_with_several_inputs_and_padding_to_multiple():
+    net = _local_net(in_ch=6, out_ch=3)
+    a, b = torch.rand(1, 3, 60, 44), torch.rand(1, 3, 60, 44)
+    fn = lambda u, v: net(torch.cat([u, v], 1))
+    with torch.no_grad():
+        tiled = tiled_apply(fn, (a, b), tile=32, overlap=16, multiple=8)
+        # the image is reflect-padded to 64x48 before tiling; compare with the whole padded image
+        padded = [torch.nn.functional.pad(t, (0, 4, 0, 4), mode="reflect") for t in (a, b)]
+        whole = fn(*padded)[..., :60, :44]
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_rejects_shape_changing_function():
+    with pytest.raises(ValueError, match="keep batch size and spatial size"):
+        tiled_apply(lambda t: t[..., ::2, ::2], torch.rand(1, 3, 64, 64), tile=32, overlap=8)
