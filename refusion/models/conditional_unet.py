@@ -1,0 +1,114 @@
+"""ConditionalUNet: the original IR-SDE noise network (ResBlock U-Net with time embedding).
+
+Input cat([x_t - mu, mu] (+ cond)), reflect-padded at the bottom/right to a multiple of 2^depth;
+every level has two time-modulated ResBlocks and a linear attention; the output (the predicted
+noise, no residual) is cropped back. State-dict keys are the official ones
+(``codes/config/deshadow/models/modules/DenoisingUNet_arch.py`` of image-restoration-sde).
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from .blocks import SinusoidalPosEmb, as_time_vector
+from .unet_blocks import ResBlock, attention_layer, default_conv, downsample, pad_to_multiple, upsample
+
+
+class ConditionalUNet(ModelMixin, ConfigMixin):
+    """Noise predictor eps_hat = net(x_t, mu, t) of the IR-SDE (Luo et al., ICML 2023).
+
+    Args:
+        in_nc: channels of x_t and of mu (the network sees 2 * in_nc + cond_channels channels).
+        out_nc: channels of the predicted noise.
+        nf: width of the first level; level i has nf * 2^i channels.
+        depth: number of levels (inputs are padded to a multiple of 2^depth).
+        cond_channels: extra conditioning channels passed as ``cond`` (e.g. lens information);
+            0 gives the official network.
+    """
+
+    @register_to_config
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, depth: int = 4, cond_channels: int = 0):
+        super().__init__()
+        for name, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nf", nf), ("depth", depth)):
+            if int(value) < 1:
+                raise ValueError(f"ConditionalUNet: {name} must be >= 1, got {value}")
+        if cond_channels < 0:
+            raise ValueError(f"ConditionalUNet: cond_channels must be >= 0, got {cond_channels}")
+        self.depth = depth
+        self.cond_channels = cond_channels
+        time_dim = nf * 4
+
+        self.init_conv = default_conv(in_nc * 2 + cond_channels, nf, 7)
+        self.time_mlp = nn.Sequential(
+            SinusoidalPosEmb(nf), nn.Linear(nf, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
+        )
+
+        self.downs = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        for i in range(depth):
+            dim_in, dim_out = nf * 2**i, nf * 2 ** (i + 1)
+            last = i == depth - 1
+            self.downs.append(nn.ModuleList([
+                ResBlock(dim_in, dim_in, time_dim),
+                ResBlock(dim_in, dim_in, time_dim),
+                attention_layer(dim_in),
+                default_conv(dim_in, dim_out) if last else downsample(dim_in, dim_out),
+            ]))
+            self.ups.insert(0, nn.ModuleList([
+                ResBlock(dim_out + dim_in, dim_out, time_dim),
+                ResBlock(dim_out + dim_in, dim_out, time_dim),
+                attention_layer(dim_out),
+                default_conv(dim_out, dim_in) if i == 0 else upsample(dim_out, dim_in),
+            ]))
+
+        mid_dim = nf * 2**depth
+        self.mid_block1 = ResBlock(mid_dim, mid_dim, time_dim)
+        self.mid_attn = attention_layer(mid_dim)
+        self.mid_block2 = ResBlock(mid_dim, mid_dim, time_dim)
+        self.final_res_block = ResBlock(nf * 2, nf, time_dim)
+        self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
+
+    def _network_input(self, x_t: torch.Tensor, mu: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if x_t.shape != mu.shape:
+            raise ValueError(f"ConditionalUNet: x_t {tuple(x_t.shape)} and mu {tuple(mu.shape)} must have the same shape")
+        parts = [x_t - mu, mu]
+        if self.cond_channels:
+            expected = (x_t.shape[0], self.cond_channels, *x_t.shape[2:])
+            if cond is None or tuple(cond.shape) != expected:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"ConditionalUNet: cond must have shape {expected} (cond_channels={self.cond_channels}), got {got}")
+            parts.append(cond)
+        elif cond is not None:
+            raise ValueError("ConditionalUNet: cond was given but the network was built with cond_channels=0")
+        return torch.cat(parts, dim=1)
+
+    def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise in x_t; ``t`` is an int, a float, a 0-d or a per-sample (B,) tensor."""
+        h, w = x_t.shape[-2:]
+        x = pad_to_multiple(self._network_input(x_t, mu, cond), 2**self.depth)
+        x = self.init_conv(x)
+        x_init = x
+
+        time = as_time_vector(t, x.shape[0], x.device)
+        emb = self.time_mlp[0](time).to(self.time_mlp[1].weight.dtype)
+        emb = self.time_mlp[1:](emb)
+
+        skips = []
+        for block1, block2, attn, down in self.downs:
+            x = block1(x, emb)
+            skips.append(x)
+            x = attn(block2(x, emb))
+            skips.append(x)
+            x = down(x)
+
+        x = self.mid_block2(self.mid_attn(self.mid_block1(x, emb)), emb)
+
+        for block1, block2, attn, up in self.ups:
+            x = block1(torch.cat([x, skips.pop()], dim=1), emb)
+            x = attn(block2(torch.cat([x, skips.pop()], dim=1), emb))
+            x = up(x)
+
+        x = self.final_res_block(torch.cat([x, x_init], dim=1), emb)
+        return self.final_conv(x)[..., :h, :w]
