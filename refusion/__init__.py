@@ -1,2 +1,3 @@
 """refusion: diffusion image restoration (IR-SDE / Refusion) with deterministic baselines."""
 __version__ = "0.1.0"
+from refusion.schedulers.ir_sde import IRSDEScheduler, IRSDESchedulerOutput
