@@ -4,7 +4,15 @@ Each network module adds its classes to MODELS below (plain imports, no registra
 """
 from __future__ import annotations
 
-MODELS: dict[str, type] = {}
+from .conditional_unet import ConditionalUNet
+from .hinet import HINet
+from .latent_unet import LatentUNet
+
+MODELS: dict[str, type] = {
+    "HINet": HINet,
+    "ConditionalUNet": ConditionalUNet,
+    "LatentUNet": LatentUNet,
+}
 
 
 def build_model(name: str, **kwargs):
