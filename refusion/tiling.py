@@ -122,6 +122,7 @@ def tiled_apply(
     multiple: int = 8,
     *,
     out_device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Apply ``fn`` tile by tile to same-size image tensors (B, C_i, H, W) and blend the outputs.
 
@@ -129,7 +130,8 @@ def tiled_apply(
     matching tile of each (positionally) and must return a (B, C_out, h, w) tensor for a tile of
     h x w pixels (C_out may differ from the input channels). ``out_device`` (default: the
     first input's device) is where the full-size output is accumulated, so a huge image can
-    stay in host memory while the tiles run on an accelerator.
+    stay in host memory while the tiles run on an accelerator. ``progress`` shows a tqdm bar
+    over the tiles.
     """
     tensors = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
     if not tensors:
@@ -146,7 +148,12 @@ def tiled_apply(
     ph, pw = padded[0].shape[-2:]
     out_device = torch.device(out_device) if out_device is not None else tensors[0].device
     out = None
-    for spec, weight in tile_layout(ph, pw, tile, overlap, multiple):
+    layout = tile_layout(ph, pw, tile, overlap, multiple)
+    if progress:
+        from tqdm.auto import tqdm
+
+        layout = tqdm(layout, desc="tiles", leave=False)
+    for spec, weight in layout:
         rows = slice(spec.top, spec.top + spec.height)
         cols = slice(spec.left, spec.left + spec.width)
         y = fn(*(t[..., rows, cols] for t in padded))
