@@ -4,11 +4,18 @@ Each network module adds its classes to MODELS below (plain imports, no registra
 """
 from __future__ import annotations
 
+from .conditional_nafnet import ConditionalNAFNet
 from .conditional_unet import ConditionalUNet
 from .hinet import HINet
 from .latent_unet import LatentUNet
+from .nafft import NAFFTNet
+from .nafnet import Baseline, NAFNet
 
 MODELS: dict[str, type] = {
+    "NAFNet": NAFNet,
+    "Baseline": Baseline,
+    "ConditionalNAFNet": ConditionalNAFNet,
+    "NAFFTNet": NAFFTNet,
     "HINet": HINet,
     "ConditionalUNet": ConditionalUNet,
     "LatentUNet": LatentUNet,
