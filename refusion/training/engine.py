@@ -1,0 +1,389 @@
+"""ONE accelerate training loop for every task (sde, regressor, latent_autoencoder).
+
+The task-specific parts are the objective and the validation restoration
+(:mod:`refusion.training.objectives`); everything else lives here once: optimizer, learning-rate
+schedule, gradient accumulation and clipping, EMA weights, mixed precision, seeding, logging,
+validation, atomic checkpoints and exact resumption.
+
+Resumption is exact: the data order and augmentations are a function of (seed, stream position)
+(:mod:`refusion.training.data_stream`), the learning rate a function of the step
+(:func:`refusion.training.optim.learning_rate`), and a checkpoint holds the weights, optimizer,
+EMA, every process's RNG states and the stream position. Training N steps in one go and training
+N/2, stopping and resuming to N give the same weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from refusion.training import objectives as objectives_module
+from refusion.training import run_dir as rd
+from refusion.training.data_stream import stream_loader
+from refusion.training.optim import EMA, build_optimizer, learning_rate, set_learning_rate
+
+EMA_FILE = "ema.safetensors"
+# recipe sections that must not change when a run is resumed (the weights depend on them)
+FROZEN_SECTIONS = ("task", "model", "scheduler", "latent")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before the bad update."""
+
+
+@dataclass
+class _Run:
+    """Everything the loop needs, built once by :func:`train`."""
+    recipe: object
+    run_dir: Path
+    accelerator: Accelerator
+    model: torch.nn.Module          # the network itself (unwrapped); shares parameters with `module`
+    module: torch.nn.Module         # what is trained (prepared: DDP / autocast wrapped)
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    autoencoder: torch.nn.Module | None
+    ema: EMA | None
+    best_psnr: float = float("-inf")
+
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+
+def train(recipe, *, resume: bool = False, overwrite: bool = False, stop_at_step: int | None = None) -> Path:
+    """Train a recipe (a :class:`refusion.config.Recipe` or a path to a YAML file); return the run dir.
+
+    ``resume`` continues the newest checkpoint of the run directory at its step; ``overwrite``
+    deletes an existing run directory first (a non-empty run directory without either is an
+    error). ``stop_at_step`` ends this invocation after that step with a checkpoint (to split a
+    long run into jobs, e.g. under a cluster time limit); ``--resume`` continues it.
+    """
+    from refusion.config import load_recipe
+
+    if not hasattr(recipe, "task"):
+        recipe = load_recipe(recipe)
+    _reset_accelerate_between_runs()
+    run_dir = Path(recipe.output_dir)
+    tc = recipe.train
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.grad_accum,
+        log_with="tensorboard" if recipe.logging.tensorboard else None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+    try:
+        _open_run_dir(accelerator, run_dir, recipe, resume=resume, overwrite=overwrite)
+        run = _build_run(recipe, run_dir, accelerator)
+        start_step, position = _restore(run) if resume else (0, 0)
+        if accelerator.is_main_process:
+            from refusion.config import dump_recipe
+
+            dump_recipe(recipe, run_dir / "recipe.yml")
+        if recipe.logging.tensorboard:
+            accelerator.init_trackers(recipe.name)
+        _loop(run, start_step, position, stop_at_step)
+        accelerator.wait_for_everyone()
+    finally:
+        accelerator.end_training()
+    return run_dir
+
+
+# --- setup ----------------------------------------------------------------------------------
+
+
+def _reset_accelerate_between_runs() -> None:
+    """Let one Python process train several runs (e.g. autoencoder, then latent SDE).
+
+    accelerate keeps process-wide singletons; outside a distributed launch they are reset so a new
+    Accelerator can take other settings (mixed precision, accumulation).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _open_run_dir(accelerator: Accelerator, run_dir: Path, recipe, *, resume: bool, overwrite: bool) -> None:
+    # every process checks (same answer everywhere) before the main process changes anything
+    rd.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        rd.prepare_run_dir(run_dir, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if resume:
+        _check_same_config(run_dir, recipe)
+
+
+def _check_same_config(run_dir: Path, recipe) -> None:
+    import yaml
+
+    saved_path = run_dir / "recipe.yml"
+    if not saved_path.is_file():
+        raise rd.RunDirError(f"--resume: {str(saved_path)!r} is missing; cannot check that the recipe "
+                             "matches the run")
+    saved = yaml.safe_load(saved_path.read_text())
+    current = recipe.to_dict()
+    for key in FROZEN_SECTIONS:
+        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(current.get(key), sort_keys=True):
+            raise rd.CheckpointError(
+                f"--resume: recipe key {key!r} differs from the run's {str(saved_path)!r}: "
+                f"{saved.get(key)!r} (run) vs {current.get(key)!r} (recipe); the checkpoint belongs to "
+                "another configuration (use --overwrite or another output_dir)")
+
+
+def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
+    from refusion.models import build_model
+
+    set_seed(recipe.seed)  # same initial weights on every process
+    model = build_model(recipe.model.name, **recipe.model.args)
+    scheduler = None
+    if recipe.task == "sde":
+        from refusion.schedulers.ir_sde import IRSDEScheduler
+
+        scheduler = IRSDEScheduler(**recipe.scheduler.scheduler_kwargs())
+    autoencoder = None
+    if recipe.latent is not None:
+        autoencoder = rd.load_autoencoder_run(Path(recipe.latent.autoencoder)).to(accelerator.device)
+    ema = EMA(model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+    module = objectives_module.training_module(recipe.task, model)
+    optimizer = build_optimizer(module.parameters(), recipe.optimizer)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    if ema is not None:
+        ema.to(accelerator.device)
+    set_seed(recipe.seed, device_specific=True)  # noise and timesteps differ between processes
+    return _Run(recipe, run_dir, accelerator, model, module, optimizer, scheduler, autoencoder, ema)
+
+
+def _restore(run: _Run) -> tuple[int, int]:
+    """Load the newest checkpoint; returns (step, stream position)."""
+    ckpt = rd.latest_checkpoint(run.run_dir)
+    meta = rd.verify_checkpoint(ckpt)
+    acc = run.accelerator
+    if meta.get("num_processes") != acc.num_processes:
+        acc.print(f"warning: {ckpt} was written by {meta.get('num_processes')} process(es), this run has "
+                  f"{acc.num_processes}: training continues but not bit-for-bit")
+    acc.load_state(str(ckpt))
+    if run.ema is not None:
+        ema_path = ckpt / EMA_FILE
+        if not ema_path.is_file():
+            raise rd.CheckpointError(f"{str(ckpt)!r} has no {EMA_FILE} but train.ema_decay > 0")
+        run.ema.load_state_dict(load_file(str(ema_path), device=str(acc.device)))
+    rd.load_rng_state(ckpt, acc.process_index)
+    best = meta.get("best_psnr")
+    run.best_psnr = float("-inf") if best is None else float(best)
+    acc.print(f"resumed {run.run_dir} from {ckpt.name} (step {meta['step']})")
+    return int(meta["step"]), int(meta["samples_seen"])
+
+
+def _train_loader(run: _Run, position: int):
+    from refusion.data import PairedImageDataset
+
+    cfg, acc = run.recipe.data.train, run.accelerator
+    dataset = PairedImageDataset(cfg.gt, cfg.lq, gt_size=cfg.gt_size, use_flip=cfg.use_flip,
+                                 use_rot=cfg.use_rot, cond=cfg.cond, max_images=cfg.max_images)
+    return stream_loader(dataset, seed=run.recipe.seed, start=position, batch_size=run.recipe.train.batch_size,
+                         rank=acc.process_index, world_size=acc.num_processes,
+                         num_workers=run.recipe.data.num_workers)
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def _loop(run: _Run, step: int, position: int, stop_at_step: int | None) -> None:
+    recipe, acc = run.recipe, run.accelerator
+    tc, val_cfg = recipe.train, recipe.validation
+    total = tc.total_iters
+    last = min(total, stop_at_step) if stop_at_step is not None else total
+    objective = objectives_module.OBJECTIVES[recipe.task]
+    global_batch = tc.batch_size * acc.num_processes
+    if step >= last:
+        acc.print(f"nothing to do: the run is at step {step}, target step {last}")
+        _save_run_weights(run)
+        return
+    loader = _train_loader(run, position)
+    progress = tqdm(total=total, initial=step, desc=recipe.name, disable=not acc.is_local_main_process)
+    run.module.train()
+    batches = iter(loader)
+    while step < last:
+        batch = next(batches)
+        names = batch.pop("name")
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.accumulate(run.module):
+            loss, logs = objective(run.module, batch, run.scheduler, tc, autoencoder=run.autoencoder)
+            _stop_if_not_finite(acc, loss, step + 1, names, run.run_dir)
+            acc.backward(loss)
+            if acc.sync_gradients and tc.clip_grad_norm:
+                acc.clip_grad_norm_(run.module.parameters(), tc.clip_grad_norm)
+            lr = learning_rate(step, base_lr=recipe.optimizer.lr, total_steps=total,
+                               schedule=recipe.lr_schedule.name, warmup_steps=recipe.lr_schedule.warmup_iters,
+                               eta_min=recipe.lr_schedule.eta_min)
+            set_learning_rate(run.optimizer, lr)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        position += global_batch
+        if not acc.sync_gradients:
+            continue
+        step += 1
+        if run.ema is not None and not acc.optimizer_step_was_skipped:
+            run.ema.update(run.model)
+        progress.update(1)
+        if step % tc.log_every == 0 or step == 1:
+            acc.log({**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr}, step=step)
+            progress.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
+        if recipe.data.val is not None and ((val_cfg.every and step % val_cfg.every == 0) or step == total):
+            _validate(run, step)
+        if step % tc.checkpoint_every == 0 or step == last:
+            _save_checkpoint(run, step, position)
+    progress.close()
+
+
+def _stop_if_not_finite(acc: Accelerator, loss: torch.Tensor, step: int, names, run_dir: Path) -> None:
+    """Stop every process before the update when any process sees a NaN/Inf loss."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=acc.device)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    if bad.item() == 0:
+        return
+    local = list(names) if not torch.isfinite(loss.detach()).all() else []
+    offenders = gather_object(local) if acc.num_processes > 1 else local
+    newest = rd.list_checkpoints(run_dir)
+    kept = f"the last good checkpoint {str(newest[-1])!r} is intact" if newest else "no checkpoint was written yet"
+    raise NonFiniteLossError(
+        f"non-finite loss ({loss.item()}) at step {step}; batch files: {', '.join(map(str, offenders))}. "
+        f"Training stopped before the update; {kept} (resume with --resume after fixing the data or "
+        "lowering optimizer.lr).")
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _validation_scheduler(run: _Run):
+    if run.scheduler is None:
+        return None
+    sampler = run.recipe.validation.sampler
+    extra = {"sampler": sampler} if sampler is not None else {}
+    return type(run.scheduler).from_config(run.scheduler.config, **extra)
+
+
+@torch.no_grad()
+def _validate(run: _Run, step: int) -> dict:
+    """Restore whole validation images, gather the metrics of every process, log, keep best/."""
+    from refusion.data import PairedImageDataset
+    from refusion.metrics import MetricSet
+    from refusion.training.objectives import restore_batch
+
+    recipe, acc = run.recipe, run.accelerator
+    cfg, val_cfg = recipe.data.val, recipe.validation
+    limits = [n for n in (cfg.max_images, val_cfg.max_images) if n is not None]
+    dataset = PairedImageDataset(cfg.gt, cfg.lq, cond=cfg.cond, max_images=min(limits) if limits else None)
+    loader = prepare_data_loader(torch.utils.data.DataLoader(dataset, batch_size=1), acc.device,
+                                 num_processes=acc.num_processes, process_index=acc.process_index,
+                                 put_on_device=True)
+    metric_set = MetricSet(lpips_net="alex", device=acc.device)
+    scheduler = _validation_scheduler(run)
+    model = run.inference_model
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=acc.device).manual_seed(recipe.seed + acc.process_index)
+    rows, first = [], None
+    for batch in loader:
+        names = batch.pop("name")
+        restored = restore_batch(recipe.task, model, batch, scheduler, generator=generator,
+                                 num_inference_steps=val_cfg.num_inference_steps,
+                                 autoencoder=run.autoencoder).float().clamp(0, 1)
+        values = [[r["psnr"], r["ssim"], float("nan") if r.get("lpips") is None else r["lpips"]]
+                  for r in metric_set.evaluate_batch(restored, batch["gt"].float())]
+        # inside the loop: gather_for_metrics drops the samples repeated to even out the last batch
+        rows.append(acc.gather_for_metrics(torch.tensor(values, dtype=torch.float64, device=acc.device)))
+        if first is None:
+            first = (batch["lq"][0], restored[0], batch["gt"][0], names[0])
+    model.train(was_training)
+    values = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+    means = values.mean(dim=0).tolist() if len(values) else [float("nan")] * 3
+    metrics = {"psnr": means[0], "ssim": means[1]}
+    if means[2] == means[2]:  # not NaN: LPIPS weights available
+        metrics["lpips"] = means[2]
+    acc.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+    if acc.is_main_process:
+        rd.append_metrics(run.run_dir, {"step": step, "images": int(len(values)), **metrics})
+        _log_images(run, step, first)
+        if metrics["psnr"] > run.best_psnr:
+            run.best_psnr = metrics["psnr"]
+            rd.save_pretrained_atomic(run.inference_model, run.run_dir / "best")
+    run.best_psnr = max(run.best_psnr, metrics["psnr"])
+    acc.print(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _log_images(run: _Run, step: int, first) -> None:
+    every = run.recipe.logging.image_every
+    if first is None or not run.recipe.logging.tensorboard or not every or step % every:
+        return
+    lq, restored, gt, name = first
+    if lq.shape != gt.shape:  # latent or scaled inputs: show restored and GT only
+        row = torch.cat([restored, gt], dim=-1)
+    else:
+        row = torch.cat([lq.float().clamp(0, 1), restored, gt.float()], dim=-1)
+    writer = run.accelerator.get_tracker("tensorboard", unwrap=True)
+    writer.add_image(f"val/{name} (lq | restored | gt)", row.cpu(), step)
+
+
+# --- saving ---------------------------------------------------------------------------------
+
+
+def _save_checkpoint(run: _Run, step: int, position: int) -> None:
+    """accelerate state + EMA + RNG states in checkpoints/.tmp-step_X, then renamed to step_X."""
+    acc = run.accelerator
+    root = run.run_dir / rd.CHECKPOINTS
+    final = root / rd.step_dir_name(step)
+    tmp = root / (rd.TMP_PREFIX + final.name)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    rd.save_rng_state(tmp, acc.process_index)
+    if acc.is_main_process and run.ema is not None:
+        save_file(run.ema.state_dict(), str(tmp / EMA_FILE))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        rd.write_meta(tmp, {"step": step, "samples_seen": position, "num_processes": acc.num_processes,
+                            "best_psnr": run.best_psnr if run.best_psnr > float("-inf") else None})
+        rd.publish_dir(tmp, final)
+        rd.prune_checkpoints(run.run_dir, run.recipe.train.keep_checkpoints)
+        _save_run_weights(run)
+    acc.wait_for_everyone()
+
+
+def _save_run_weights(run: _Run) -> None:
+    """model/ (EMA weights when on), scheduler/, autoencoder/: what inference loads."""
+    if not run.accelerator.is_main_process:
+        return
+    rd.save_pretrained_atomic(run.inference_model, run.run_dir / "model")
+    if run.scheduler is not None:
+        rd.save_pretrained_atomic(run.scheduler, run.run_dir / "scheduler")
+    if run.autoencoder is not None:
+        rd.save_pretrained_atomic(run.autoencoder, run.run_dir / "autoencoder")
+
+
+def main_guard(fn) -> int:
+    """Run ``fn()``; print known training errors as one clear line and return an exit status."""
+    try:
+        fn()
+    except (rd.RunDirError, rd.CheckpointError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
