@@ -203,17 +203,25 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: Tensor, timestep: Optional[TimestepLike] = None) -> Tensor:
         return sample
 
-    def set_timesteps(self, num_inference_steps: int, device: Union[str, torch.device, None] = None) -> None:
-        """Spread ``num_inference_steps`` steps over [1..T] ("trailing": T, T - T/n, ..., T/n, rounded);
-        the last step jumps to 0. Precomputes every per-step coefficient in float64."""
+    def set_timesteps(self, num_inference_steps: Optional[int] = None,
+                      device: Union[str, torch.device, None] = None, *,
+                      timesteps: Optional[Sequence[int]] = None) -> None:
+        """Spread ``num_inference_steps`` steps over [1..T] ("trailing": T, T - T/n, ..., T/n, rounded)
+        or use the given strictly decreasing ``timesteps`` in [1..T]; the last step jumps to 0.
+        Precomputes every per-step coefficient in float64."""
         T = self.config.num_train_timesteps
-        if not (isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= T):
-            raise ValueError(f"num_inference_steps={num_inference_steps!r}: expected an integer in "
-                             f"[1, num_train_timesteps={T}]")
-        n = num_inference_steps
-        t = torch.tensor([math.floor(T * (n - i) / n + 0.5) for i in range(n)], dtype=torch.int64)
+        if timesteps is not None:
+            t = torch.as_tensor(list(timesteps), dtype=torch.int64)
+            if t.ndim != 1 or len(t) == 0 or int(t.min()) < 1 or int(t.max()) > T or bool((t[1:] >= t[:-1]).any()):
+                raise ValueError(f"timesteps={list(timesteps)!r}: expected strictly decreasing integers in [1, {T}]")
+        else:
+            if not (isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= T):
+                raise ValueError(f"num_inference_steps={num_inference_steps!r}: expected an integer in "
+                                 f"[1, num_train_timesteps={T}]")
+            n = num_inference_steps
+            t = torch.tensor([math.floor(T * (n - i) / n + 0.5) for i in range(n)], dtype=torch.int64)
         s = torch.cat([t[1:], torch.zeros(1, dtype=torch.int64)])
-        self.num_inference_steps = n
+        self.num_inference_steps = len(t)
         self.timesteps = t.to(device) if device is not None else t
         self._tables = self._step_tables(t, s)
         self._table_cache: dict = {}

@@ -110,10 +110,9 @@ def exponential_integrator_coefficients(thetas: Tensor, thetas_cumsum: Tensor, d
       ODE: x_s - mu = (sigma_bar_s/sigma_bar_t) y_t + alpha_s (1 - e^{-h}) D
       SDE: x_s - mu = (sigma_bar_s/sigma_bar_t) e^{-h} y_t + alpha_s (1 - e^{-2h}) D
                       + sigma_bar_s sqrt(1 - e^{-2h}) z
-    Order 2 takes x0_pred linear in l through the previous step's prediction and integrates it exactly:
-    weight = phi / h_prev with phi = (h - 1 + e^{-h}) / (1 - e^{-h}) (ODE),
-    (h - (1 - e^{-2h})/2) / (1 - e^{-2h}) (SDE). The first step and the final jump to s = 0
-    (h = inf) are first order."""
+    Order 2 (multistep, DPM-Solver++(2M) midpoint form) replaces x0_pred by
+    D = x0_pred + h / (2 h_prev) (x0_pred - x0_prev), x0_prev predicted one step earlier (h_prev).
+    The first step and the final jump to s = 0 (h = inf) are first order."""
     _, b, c = jump_factors(thetas, thetas_cumsum, dt, t, s)
     sigma_ratio = torch.sqrt((1 - c ** 2) / (1 - b ** 2))          # sigma_bar_s / sigma_bar_t
     exp_neg_h = sigma_ratio * b / c
@@ -122,15 +121,14 @@ def exponential_integrator_coefficients(thetas: Tensor, thetas_cumsum: Tensor, d
         decay = 1 - exp_neg_h ** 2
         coefs = {"coef_x": sigma_ratio * exp_neg_h, "coef_x0": c * decay,
                  "std": lam * torch.sqrt(1 - c ** 2) * torch.sqrt(decay)}
-        phi = (h - 0.5 * decay) / decay
     else:
-        decay = 1 - exp_neg_h
-        coefs = {"coef_x": sigma_ratio, "coef_x0": c * decay, "std": torch.zeros_like(c)}
-        phi = (h - 1 + exp_neg_h) / decay
+        coefs = {"coef_x": sigma_ratio, "coef_x0": c * (1 - exp_neg_h), "std": torch.zeros_like(c)}
     weight = torch.zeros_like(c)
     if order == 2 and len(t) > 1:
         h_prev = h[:-1]
+        # the exact integral of the linear extrapolation overshoots on large step ratios; the midpoint
+        # weight (also second order) was more accurate on a Gaussian test problem with 5-20 steps
         second = torch.isfinite(h[1:]) & torch.isfinite(h_prev)
-        weight[1:] = torch.where(second, phi[1:] / h_prev, torch.zeros_like(h_prev))
+        weight[1:] = torch.where(second, h[1:] / (2 * h_prev), torch.zeros_like(h_prev))
     coefs["weight"] = weight
     return coefs
