@@ -25,6 +25,11 @@ from refusion.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNR
 LATENT_REGULARISER_WEIGHT = 0.001
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (half-precision network outputs under autocast), float64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _batch_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     return batch["gt"], batch["lq"], batch.get("cond")
 
@@ -46,9 +51,9 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     noise = torch.randn_like(x0)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
     noise_pred = model(x_t, mu, t) if cond is None else model(x_t, mu, t, cond)
-    pred = scheduler.reverse_sde_mean(x_t, noise_pred.float(), t, mu=mu)
+    pred = scheduler.reverse_sde_mean(x_t, _full(noise_pred).to(x_t.dtype), t, mu=mu)
     target = scheduler.optimal_prev_sample(x_t, x0, t, mu=mu)
-    loss = MatchingLoss(train_cfg.loss)(pred.float(), target.float())
+    loss = MatchingLoss(train_cfg.loss)(_full(pred), _full(target))
     return loss, {"loss": loss.item()}
 
 
@@ -71,7 +76,7 @@ def regressor_objective(model, batch, scheduler, train_cfg, *, autoencoder=None)
     criterion = _regressor_loss(train_cfg.loss, train_cfg.fft_loss_weight)
     outputs = model(lq) if cond is None else model(lq, cond)
     outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    stage_losses = [criterion(out.float(), gt.float()) for out in outputs]
+    stage_losses = [criterion(_full(out), _full(gt)) for out in outputs]
     loss = torch.stack(stage_losses).sum()
     logs = {"loss": loss.item()}
     if len(stage_losses) > 1:
