@@ -85,10 +85,11 @@ def shadow(image: np.ndarray, rng: np.random.Generator, *, num_masks: Param = (1
     draw = ImageDraw.Draw(canvas)
     for _ in range(max(1, int(_draw(rng, num_masks, "num_masks")))):
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        radius = rng.uniform(0.2, 0.6) * short
+        radius = rng.uniform(0.25, 0.6) * short
         corners = int(rng.integers(3, 8))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
-        radii = radius * rng.uniform(0.5, 1.0, corners)
+        # evenly spread corners with jitter: an irregular but never degenerate (sliver) polygon
+        angles = (np.arange(corners) + rng.uniform(-0.3, 0.3, corners)) * (2 * np.pi / corners) + rng.uniform(0, 2 * np.pi)
+        radii = radius * rng.uniform(0.6, 1.0, corners)
         draw.polygon([(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radii)], fill=255)
     mask = ndimage.gaussian_filter(np.asarray(canvas, dtype=np.float64) / 255.0,
                                    sigma=_draw(rng, softness, "softness") * short, mode="nearest")
