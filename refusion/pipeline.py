@@ -73,7 +73,20 @@ def load_network(model_dir: Path):
     if class_name not in MODELS:
         raise ValueError(f"{config_path}: _class_name {class_name!r} is not a refusion network; "
                          f"known: {sorted(MODELS)}")
-    return MODELS[class_name].from_pretrained(str(model_dir)).eval()
+    return _own_memory(MODELS[class_name].from_pretrained(str(model_dir)).eval())
+
+
+def _own_memory(module: torch.nn.Module) -> torch.nn.Module:
+    """Copy loaded weights out of the file mapping into freshly allocated (aligned) memory.
+
+    safetensors tensors can sit at odd offsets of a memory-mapped file; CPU kernels then take
+    other vectorisation paths and round differently, so a loaded network would not reproduce the
+    saved one bit for bit. The copy also detaches the weights from the file on disk.
+    """
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+    return module
 
 
 def load_regressor(path: str | Path):
@@ -224,7 +237,6 @@ class RefusionPipeline(DiffusionPipeline):
             return only_latent or height * width > LATENT_AUTO_PIXELS
         return bool(latent)
 
-    @torch.inference_mode()
     def __call__(
         self,
         image: Any,
@@ -253,6 +265,15 @@ class RefusionPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        with torch.inference_mode():
+            restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
+                                     latent, cond, progress, half)
+        # clamp and copy outside inference mode: callers get an ordinary tensor they may edit in place
+        images = _format_output(restored.clamp(0.0, 1.0), output_type)
+        return RefusionPipelineOutput(images=images) if return_dict else (images,)
+
+    def _restore(self, image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap, latent, cond,
+                 progress, half) -> torch.Tensor:
         lq, _ = to_batch(image)
         device = self.device
         lq = lq.to(device)
@@ -270,20 +291,16 @@ class RefusionPipeline(DiffusionPipeline):
         bar = self.progress_bar if progress else (lambda steps: steps)
         use_latent = self._use_latent(latent, height, width, channels)
         if tile_size is not None:
-            validate_tiling(tile_size, tile_overlap, spatial_multiple(self.unet))
-
+            multiple = self.autoencoder.downscale if use_latent else spatial_multiple(self.unet)
+            validate_tiling(tile_size, tile_overlap, multiple)
         if not use_latent:
             if network_channels(self.unet) not in (None, channels):
                 raise ValueError(f"the noise network takes {network_channels(self.unet)}-channel images, "
                                  f"got an image with {channels} channels")
-            restored = sde_sample(self.unet, scheduler, lq, num_inference_steps=steps, generator=generator,
-                                  tile_size=tile_size, tile_overlap=tile_overlap,
-                                  multiple=spatial_multiple(self.unet), cond=cond, progress=bar, half=half)
-        else:
-            restored = self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half)
-        restored = restored.clamp_(0.0, 1.0)
-        images = _format_output(restored, output_type)
-        return RefusionPipelineOutput(images=images) if return_dict else (images,)
+            return sde_sample(self.unet, scheduler, lq, num_inference_steps=steps, generator=generator,
+                              tile_size=tile_size, tile_overlap=tile_overlap, multiple=spatial_multiple(self.unet),
+                              cond=cond, progress=bar, half=half)
+        return self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half)
 
     def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half):
         """Encode LQ (tiled), run the SDE on latents, decode with the LQ image's skips (tiled).
@@ -337,6 +354,9 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None)
                                 f"(runs/<name>) or a directory written by RefusionPipeline.save_pretrained")
     if _is_pipeline_dir(path):
         pipe = RefusionPipeline.from_pretrained(str(path))
+        for module in (pipe.unet, pipe.autoencoder):
+            if module is not None:
+                _own_memory(module)
     else:
         task = read_run_task(path)
         if task != "sde":
@@ -425,7 +445,7 @@ def sample(
         out = sde_sample(model, sched, x, num_inference_steps=steps, generator=generator, tile_size=tile_size,
                          tile_overlap=tile_overlap, multiple=spatial_multiple(model),
                          cond=None if cond is None else cond.to(device), progress=bar, half=half)
-    return from_batch(out.clamp_(0.0, 1.0), kind)
+    return from_batch(out.clamp(0.0, 1.0), kind)
 
 
 def _tqdm_steps(steps):
@@ -448,13 +468,16 @@ def restore(
     """Restore ``lq`` with a deterministic regressor (NAFNet, Baseline, HINet, NAFFT-Net).
 
     ``model``: a regressor run directory / saved model directory, or the network itself.
-    ``tlc``: test-time local converter for networks with global pooling (NAFNet family): True uses
-    a window of 1.5 x the network's training patch when known, an int gives the window in pixels.
+    ``tlc``: test-time local converter for networks with global pooling (NAFNet family): the
+    global average pools become box means over 1.5 x the training patch; True reads the patch
+    size from the run's recipe, an int or (H, W) gives it.
     Same input/output conventions as :func:`sample`.
     """
     if model is None:
         raise ValueError(_NO_MODEL_REGRESSOR)
+    train_patch = None
     if isinstance(model, (str, Path)):
+        train_patch = _run_train_patch(Path(model))
         model = load_regressor(model)
     if isinstance(model, RefusionPipeline):
         raise ValueError("model is a RefusionPipeline (an sde model); use refusion.sample(lq, model=...)")
@@ -476,15 +499,34 @@ def restore(
         with half_precision(tile.device, half):
             return final_output(model(tile)).float()
 
-    with torch.inference_mode(), _tlc_context(model, tlc):
+    with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
         out = tiled_apply(run, x, tile_size, tile_overlap, multiple, progress=progress) if tile_size else run(x)
-    return from_batch(out.clamp_(0.0, 1.0), kind)
+    return from_batch(out.clamp(0.0, 1.0), kind)
 
 
-def _tlc_context(model, tlc):
+def _tlc_context(model, tlc, train_patch: int | None):
     """The models' local-pooling (TLC) context for this network, or nothing when tlc is off."""
-    if not tlc:
+    if tlc is None or tlc is False:
         return contextlib.nullcontext()
-    from refusion.models import local_pooling
+    from refusion.models.nafnet import local_pooling
 
-    return local_pooling(model) if tlc is True else local_pooling(model, window=int(tlc))
+    if tlc is True:
+        if train_patch is None:
+            raise ValueError("tlc=True needs the training patch size, which is only known for a run directory "
+                             "(recipe data.train.gt_size); pass it instead, e.g. tlc=256")
+        tlc = train_patch
+    size = (int(tlc), int(tlc)) if isinstance(tlc, int) else tuple(int(v) for v in tlc)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"tlc must be True, a training patch size (int) or (H, W), got {tlc!r}")
+    return local_pooling(model, size)
+
+
+def _run_train_patch(path: Path) -> int | None:
+    """data.train.gt_size of a run directory's recipe (the TLC training size), when there is one."""
+    try:
+        with open(Path(path) / "recipe.yml", encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+        size = recipe["data"]["train"]["gt_size"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return int(size) if isinstance(size, int) else None

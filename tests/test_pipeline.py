@@ -1,0 +1,216 @@
+"""RefusionPipeline, load_pipeline, sample and restore: reproducibility, input kinds, tiling, latent path."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+import refusion
+import refusion.pipeline as pipeline_module
+from refusion.models.conditional_nafnet import ConditionalNAFNet
+from refusion.models.latent_unet import LatentUNet
+from refusion.models.nafnet import NAFNet
+from refusion.pipeline import RefusionPipeline, load_pipeline, restore, sample, sde_sample
+from refusion.schedulers.ir_sde import IRSDEScheduler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: one thread avoids OpenMP spin contention on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_noise_net(channels=3, seed=0):
+    torch.manual_seed(seed)
+    net = ConditionalNAFNet(img_channel=channels, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
+                            dec_blk_nums=[1, 1])
+    # skip-init leaves beta/gamma at zero, which would hide the blocks: give them weight
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+    return net.eval()
+
+
+def gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return RefusionPipeline(unet=tiny_noise_net(), scheduler=IRSDEScheduler(sampler="posterior"))
+
+
+def test_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
+    lq = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    before = pipe(lq, num_inference_steps=5, generator=gens(3, 4), output_type="pt", progress=False).images
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = load_pipeline(tmp_path / "saved")
+    after = loaded(lq, num_inference_steps=5, generator=gens(3, 4), output_type="pt", progress=False).images
+    assert torch.equal(before, after)
+    # the clamped images saturate for an untrained network: compare the raw final states too
+    raw = [sde_sample(p.unet, IRSDEScheduler.from_config(p.scheduler.config), lq, num_inference_steps=5,
+                      generator=gens(3, 4)) for p in (pipe, loaded)]
+    assert torch.equal(raw[0], raw[1])
+    again = pipe(lq, num_inference_steps=5, generator=gens(3, 5), output_type="pt", progress=False).images
+    assert not torch.allclose(before[1], again[1])          # the seed matters (stochastic sampler)
+    assert before.min() >= 0 and before.max() <= 1
+
+
+def test_generator_list_makes_each_image_independent_of_the_batch(pipe):
+    lq = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    batch = pipe(lq, num_inference_steps=4, sampler="sde", generator=gens(10, 11, 12), output_type="pt",
+                 progress=False).images
+    alone = pipe(lq[1:2], num_inference_steps=4, sampler="sde", generator=gens(11), output_type="pt",
+                 progress=False).images
+    torch.testing.assert_close(alone[0], batch[1], rtol=1e-5, atol=1e-5)
+    raw_batch = sde_sample(pipe.unet, IRSDEScheduler(sampler="sde"), lq, num_inference_steps=4,
+                           generator=gens(10, 11, 12))
+    raw_alone = sde_sample(pipe.unet, IRSDEScheduler(sampler="sde"), lq[1:2], num_inference_steps=4,
+                           generator=gens(11))
+    torch.testing.assert_close(raw_alone[0], raw_batch[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one per image"):
+        pipe(lq, num_inference_steps=2, generator=gens(1, 2), output_type="pt", progress=False)
+
+
+def test_sampler_override_does_not_change_the_pipeline_scheduler(pipe):
+    pipe(torch.rand(1, 3, 16, 16), num_inference_steps=2, sampler="ode", output_type="pt", progress=False)
+    assert pipe.scheduler.config.sampler == "posterior"
+
+
+def test_output_types(pipe):
+    lq = torch.rand(1, 3, 16, 16)
+    assert isinstance(pipe(lq, num_inference_steps=2, output_type="pil", progress=False).images[0], Image.Image)
+    arr = pipe(lq, num_inference_steps=2, output_type="np", progress=False).images
+    assert arr.shape == (1, 16, 16, 3) and arr.dtype == np.float32
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(lq, num_inference_steps=2, output_type="jpg", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["chw", "bchw", "uint8", "uint16", "float", "pil"])
+def test_sample_returns_the_kind_and_shape_it_was_given(pipe, kind):
+    rng = np.random.default_rng(0)
+    base = rng.random((20, 16, 3)).astype(np.float32)
+    lq = {
+        "chw": torch.from_numpy(base).permute(2, 0, 1).contiguous(),
+        "bchw": torch.from_numpy(base).permute(2, 0, 1)[None].double(),
+        "uint8": (base * 255).astype(np.uint8),
+        "uint16": (base * 65535).astype(np.uint16),
+        "float": base,
+        "pil": Image.fromarray((base * 255).astype(np.uint8)),
+    }[kind]
+    out = sample(lq, steps=3, model=pipe, generator=torch.Generator().manual_seed(0), progress=False)
+    assert type(out) is type(lq)
+    if isinstance(lq, Image.Image):
+        assert out.size == lq.size and out.mode == "RGB"
+    else:
+        assert out.shape == lq.shape and out.dtype == lq.dtype
+
+
+def test_sample_without_a_model_says_what_to_pass():
+    with pytest.raises(ValueError, match=r"needs a model: pass model='runs/shadow'.*Example: refusion.sample"):
+        refusion.sample(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="refusion.restore needs a model"):
+        refusion.restore(torch.rand(3, 8, 8))
+
+
+def test_inputs_out_of_range_are_clamped_with_a_warning_and_nan_refused(pipe):
+    lq = torch.rand(1, 3, 16, 16) * 1.2 - 0.1
+    with pytest.warns(UserWarning, match="outside \\[0, 1\\]; clamping"):
+        pipe(lq, num_inference_steps=2, output_type="pt", progress=False)
+    lq[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        pipe(lq, num_inference_steps=2, output_type="pt", progress=False)
+
+
+class LocalNoiseNet(nn.Module):
+    """A noise network whose receptive-field radius (2) fits in overlap // 4."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, x_t, mu, t):
+        return self.body(torch.cat([x_t - mu, mu], 1)) * (1 + t.float().view(-1, 1, 1, 1) / 50)
+
+
+@pytest.mark.parametrize("sampler", ["sde", "posterior"])
+def test_tiled_sde_with_shared_noise_equals_whole_image(sampler):
+    net = LocalNoiseNet().eval()
+    lq = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(steps=6, model=net, sampler=sampler, progress=False)
+    whole = sample(lq, generator=gens(1, 2), **kwargs)
+    tiled = sample(lq, generator=gens(1, 2), tile_size=32, tile_overlap=16, **kwargs)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole, lq, atol=1e-2)        # the network and noise did something
+
+
+def test_latent_path_mechanics(monkeypatch):
+    torch.manual_seed(0)
+    ae = LatentUNet(ch=4, ch_mult=[1, 2, 2, 2], embed_dim=4).eval()
+    pipe = RefusionPipeline(unet=tiny_noise_net(channels=4), scheduler=IRSDEScheduler(), autoencoder=ae)
+    lq = torch.rand(1, 3, 384, 512, generator=torch.Generator().manual_seed(0))
+    whole = pipe(lq, num_inference_steps=2, generator=gens(0), output_type="pt", progress=False).images
+    assert whole.shape == lq.shape and 0 <= whole.min() and whole.max() <= 1
+    # large-image mode: tiled encode without full-size skips, decode_from_lq; same result
+    monkeypatch.setattr(pipeline_module, "LATENT_AUTO_PIXELS", 100 * 100)
+    monkeypatch.setattr(pipeline_module, "LATENT_TILE_DEFAULT", 128)
+    calls = []
+    monkeypatch.setattr(ae, "decode", lambda *a: calls.append("decode"))   # must not be used
+    tiled = pipe(lq, num_inference_steps=2, generator=gens(0), output_type="pt", progress=False).images
+    assert calls == []
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="latent=False"):
+        pipe(lq, num_inference_steps=2, latent=False, output_type="pt", progress=False)
+
+
+def test_latent_true_without_autoencoder_is_refused(pipe):
+    with pytest.raises(ValueError, match="needs a pipeline with an autoencoder"):
+        pipe(torch.rand(1, 3, 16, 16), num_inference_steps=2, latent=True, progress=False)
+
+
+def write_run(root, task, net, scheduler=None, gt_size=64):
+    root.mkdir(parents=True)
+    (root / "recipe.yml").write_text(yaml.safe_dump({"task": task, "data": {"train": {"gt_size": gt_size}}}))
+    net.save_pretrained(root / "model")
+    if scheduler is not None:
+        scheduler.save_pretrained(root / "scheduler")
+    return root
+
+
+def test_load_pipeline_from_a_run_directory(tmp_path, pipe):
+    run = write_run(tmp_path / "run sde é", "sde", pipe.unet, IRSDEScheduler(sampler="posterior"))
+    assert json.loads((run / "model" / "config.json").read_text())["_class_name"] == "ConditionalNAFNet"
+    lq = torch.rand(1, 3, 16, 16)
+    a = sample(lq, steps=3, model=str(run), generator=gens(7), progress=False)
+    b = sample(lq, steps=3, model=pipe, generator=gens(7), progress=False)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="Use refusion.restore"):
+        load_pipeline(write_run(tmp_path / "reg", "regressor", NAFNet(width=8, enc_blk_nums=[1], dec_blk_nums=[1])))
+    with pytest.raises(FileNotFoundError, match="recipe.yml"):
+        load_pipeline(tmp_path)
+
+
+def test_restore_with_a_regressor(tmp_path):
+    torch.manual_seed(0)
+    net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]).eval()
+    lq = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(lq).clamp(0, 1)
+    torch.testing.assert_close(restore(lq, model=net, progress=False), expected)
+    run = write_run(tmp_path / "nafnet", "regressor", net, gt_size=32)
+    img = (lq[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    out = restore(img, model=run, tile_size=32, tile_overlap=8, tlc=True, progress=False)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="use refusion.sample"):
+        restore(lq, model=RefusionPipeline(unet=tiny_noise_net(), scheduler=IRSDEScheduler()))
+    with pytest.raises(ValueError, match="use refusion.restore"):
+        sample(lq, model=net)
