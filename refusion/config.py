@@ -450,14 +450,22 @@ def _check_cond(recipe: Recipe, ctx: _Context) -> None:
         ctx.fail("data.val.cond", "data.val.cond must be set exactly when data.train.cond is")
 
 
-def _check_model(model: ModelConfig, ctx: _Context) -> None:
+def _model_table() -> dict[str, type]:
     from refusion.models import MODELS  # lazily: the networks import torch
 
-    if model.name not in MODELS:
+    return MODELS
+
+
+def _check_model_name(model: ModelConfig, ctx: _Context) -> None:
+    models = _model_table()
+    if model.name not in models:
         ctx.fail("model.name", f"model.name: unknown model {model.name!r}"
-                               f"{_did_you_mean(model.name, MODELS)}; allowed: "
-                               f"{', '.join(sorted(MODELS))}")
-    params = list(inspect.signature(MODELS[model.name].__init__).parameters.values())[1:]
+                               f"{_did_you_mean(model.name, models)}; allowed: "
+                               f"{', '.join(sorted(models))}")
+
+
+def _check_model_args(model: ModelConfig, ctx: _Context) -> None:
+    params = list(inspect.signature(_model_table()[model.name].__init__).parameters.values())[1:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
     names = [p.name for p in params
@@ -515,10 +523,12 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "<dict>", overrides:
     recipe.source = source
     if recipe.output_dir is None:
         recipe.output_dir = f"runs/{recipe.name}"
+    if check_model:
+        _check_model_name(recipe.model, ctx)
     _check_task(recipe, raw, ctx)
     _check_cond(recipe, ctx)
     if check_model:
-        _check_model(recipe.model, ctx)
+        _check_model_args(recipe.model, ctx)
     if check_paths:
         _check_paths(recipe, ctx)
     return recipe
