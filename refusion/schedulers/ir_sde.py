@@ -9,6 +9,7 @@ the update rules live in ``samplers.py``. docs/sde.md maps every symbol to its n
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -318,7 +319,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         if allowed is not None and _on_cpu(index) and not set(index.reshape(-1).tolist()) <= allowed:
             raise ValueError(f"timestep={index.tolist()} is not in the inference schedule "
                              f"{sorted(allowed, reverse=True)}; call set_timesteps first")
-        return t if isinstance(t, int) else index   # python ints index tables without a device copy
+        return index if isinstance(t, Tensor) else int(t)   # ints index tables without a device copy
 
     def _arrays_on(self, device: torch.device) -> dict[str, Tensor]:
         key = str(device)
@@ -368,9 +369,9 @@ def _as_long(t: TimestepLike, name: str) -> Tensor:
             raise ValueError(f"{name}: expected an int or a (B,) integer tensor, got dtype {t.dtype}, "
                              f"shape {tuple(t.shape)}")
         return t.long()
-    if isinstance(t, bool) or not isinstance(t, int):
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise ValueError(f"{name}={t!r}: expected an int or a (B,) integer tensor")
-    return torch.tensor(t, dtype=torch.int64)
+    return torch.tensor(int(t), dtype=torch.int64)
 
 
 def _on_cpu(t: Tensor) -> bool:
