@@ -86,4 +86,7 @@ def stream_loader(dataset: Dataset, *, seed: int, start: int, batch_size: int, r
         num_workers=num_workers,
         persistent_workers=False,
         drop_last=True,
+        # the loader draws a worker base seed when iterated: from its own generator, never from the
+        # global RNG, whose state is part of the checkpoint (a resumed run creates a new iterator)
+        generator=torch.Generator().manual_seed(seed),
     )

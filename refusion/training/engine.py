@@ -217,37 +217,53 @@ def _loop(run: _Run, step: int, position: int, stop_at_step: int | None) -> None
     progress = tqdm(total=total, initial=step, desc=recipe.name, disable=not acc.is_local_main_process)
     run.module.train()
     batches = iter(loader)
-    while step < last:
-        batch = next(batches)
-        names = batch.pop("name")
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
-        with acc.accumulate(run.module):
-            loss, logs = objective(run.module, batch, run.scheduler, tc, autoencoder=run.autoencoder)
-            _stop_if_not_finite(acc, loss, step + 1, names, run.run_dir)
-            acc.backward(loss)
-            if acc.sync_gradients and tc.clip_grad_norm:
-                acc.clip_grad_norm_(run.module.parameters(), tc.clip_grad_norm)
-            lr = learning_rate(step, base_lr=recipe.optimizer.lr, total_steps=total,
-                               schedule=recipe.lr_schedule.name, warmup_steps=recipe.lr_schedule.warmup_iters,
-                               eta_min=recipe.lr_schedule.eta_min)
-            set_learning_rate(run.optimizer, lr)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        position += global_batch
-        if not acc.sync_gradients:
-            continue
-        step += 1
-        if run.ema is not None and not acc.optimizer_step_was_skipped:
-            run.ema.update(run.model)
-        progress.update(1)
-        if step % tc.log_every == 0 or step == 1:
-            acc.log({**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr}, step=step)
-            progress.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{lr:.3g}")
-        if recipe.data.val is not None and ((val_cfg.every and step % val_cfg.every == 0) or step == total):
-            _validate(run, step)
-        if step % tc.checkpoint_every == 0 or step == last:
-            _save_checkpoint(run, step, position)
-    progress.close()
+    pending: dict[str, list[float]] = {}  # logs of the micro-steps of the current optimizer step
+    try:
+        while step < last:
+            batch = next(batches)
+            names = batch.pop("name")
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(run.module):
+                loss, logs = objective(run.module, batch, run.scheduler, tc, autoencoder=run.autoencoder)
+                _stop_if_not_finite(acc, loss, step + 1, names, run.run_dir)
+                acc.backward(loss)
+                if acc.sync_gradients and tc.clip_grad_norm:
+                    acc.clip_grad_norm_(run.module.parameters(), tc.clip_grad_norm)
+                lr = learning_rate(step, base_lr=recipe.optimizer.lr, total_steps=total,
+                                   schedule=recipe.lr_schedule.name, warmup_steps=recipe.lr_schedule.warmup_iters,
+                                   eta_min=recipe.lr_schedule.eta_min)
+                set_learning_rate(run.optimizer, lr)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            position += global_batch
+            for key, value in logs.items():
+                pending.setdefault(key, []).append(value)
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            if run.ema is not None and not acc.optimizer_step_was_skipped:
+                run.ema.update(run.model)
+            progress.update(1)
+            if step % tc.log_every == 0 or step == 1:
+                means = _mean_logs(acc, pending)
+                acc.log({**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr}, step=step)
+                progress.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
+            pending.clear()
+            if recipe.data.val is not None and ((val_cfg.every and step % val_cfg.every == 0) or step == total):
+                _validate(run, step)
+            if step % tc.checkpoint_every == 0 or step == last:
+                _save_checkpoint(run, step, position)
+    finally:
+        progress.close()
+
+
+def _mean_logs(acc: Accelerator, pending: dict[str, list[float]]) -> dict[str, float]:
+    """Mean of each logged value over the step's micro-steps and over every process."""
+    keys = sorted(pending)
+    local = torch.tensor([sum(pending[k]) / len(pending[k]) for k in keys], dtype=torch.float64,
+                         device=acc.device)
+    values = acc.reduce(local, reduction="mean") if acc.num_processes > 1 else local
+    return dict(zip(keys, values.tolist()))
 
 
 def _stop_if_not_finite(acc: Accelerator, loss: torch.Tensor, step: int, names, run_dir: Path) -> None:
