@@ -1,0 +1,137 @@
+"""tools/restore.py: folders, corrupt files, bit depth, no overwrite of inputs, unusual paths."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from refusion.data import image_bit_depth, read_image, write_image
+from refusion.models.conditional_nafnet import ConditionalNAFNet
+from refusion.models.nafnet import NAFNet
+from refusion.schedulers.ir_sde import IRSDEScheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "restore.py"
+spec = importlib.util.spec_from_file_location("restore_tool", TOOL)
+restore_tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(restore_tool)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_run(root: Path, task: str) -> Path:
+    torch.manual_seed(0)
+    root.mkdir(parents=True)
+    (root / "recipe.yml").write_text(yaml.safe_dump({"task": task}))
+    if task == "regressor":
+        net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+        with torch.no_grad():   # a visible, deterministic change of the image
+            net.ending.weight.mul_(0).add_(0.01)
+            net.ending.bias.fill_(0.003)
+    else:
+        net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+        IRSDEScheduler(sampler="ode").save_pretrained(root / "scheduler")
+    net.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    return {"regressor": make_run(base / "nafnet", "regressor"), "sde": make_run(base / "sde run", "sde")}
+
+
+def make_inputs(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    files = {
+        "png8": folder / "plain.png",
+        "png16": folder / "deep 16bit.png",
+        "unicode": folder / "ünïcødé photo.jpg",
+        "truncated": folder / "broken.png",
+        "fake": folder / "not an image.jpg",
+    }
+    write_image(files["png8"], rng.random((24, 32, 3)), bit_depth=8)
+    write_image(files["png16"], rng.random((24, 32, 3)), bit_depth=16)
+    Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(files["unicode"], quality=95)
+    good = folder / "_tmp.png"
+    write_image(good, rng.random((24, 32, 3)))
+    files["truncated"].write_bytes(good.read_bytes()[:60])
+    good.unlink()
+    files["fake"].write_text("this is text, not a JPEG")
+    return files
+
+
+def test_folder_with_corrupt_files_restores_the_rest_and_fails_at_the_end(tmp_path, runs, capsys):
+    inputs = make_inputs(tmp_path / "in put")
+    before = {p: p.read_bytes() for p in inputs.values()}
+    out = tmp_path / "out ü"
+    code = restore_tool.main([str(tmp_path / "in put"), "-o", str(out), "--model", str(runs["regressor"]),
+                              "--no-progress", "--tile", "16", "--overlap", "4"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(["plain.png", "deep 16bit.png", "ünïcødé photo.jpg"])
+    assert "3 of 5 images restored" in captured.out and "2 failed" in captured.out
+    assert "broken.png" in captured.err and "not an image.jpg" in captured.err
+    assert {p: p.read_bytes() for p in inputs.values()} == before            # inputs untouched
+    # bit depth kept: the 16-bit input gives a 16-bit output with real 16-bit values
+    assert image_bit_depth(out / "deep 16bit.png") == 16 and image_bit_depth(out / "plain.png") == 8
+    deep = np.asarray(Image.open(out / "deep 16bit.png"))
+    raw16 = read_image(out / "deep 16bit.png")
+    assert raw16.shape == (24, 32, 3)
+    assert np.any(np.round(raw16 * 65535) % 257 != 0), deep.dtype
+    restored, source = read_image(out / "plain.png"), read_image(inputs["png8"])
+    assert 0.005 < np.abs(restored - source).mean() < 0.2                      # the model changed it
+
+
+def test_sde_model_on_a_single_file(tmp_path, runs, capsys):
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    args = [str(inputs["png16"]), "-o", str(out), "--model", str(runs["sde"]), "--steps", "3", "--seed", "1",
+            "--no-progress"]
+    assert restore_tool.main(args) == 0
+    assert "1 of 1 images restored" in capsys.readouterr().out
+    first = (out / "deep 16bit.png").read_bytes()
+    assert image_bit_depth(out / "deep 16bit.png") == 16
+    assert restore_tool.main(args) == 0
+    assert (out / "deep 16bit.png").read_bytes() == first                       # same seed, same result
+    assert restore_tool.main(args[:-3] + ["--seed", "2", "--no-progress"]) == 0
+    assert (out / "deep 16bit.png").read_bytes() != first
+
+
+def test_refuses_to_overwrite_inputs(tmp_path, runs, capsys):
+    inputs = make_inputs(tmp_path / "in")
+    before = {p: p.read_bytes() for p in inputs.values()}
+    args = ["--model", str(runs["regressor"]), "--no-progress"]
+    assert restore_tool.main([str(tmp_path / "in"), "-o", str(tmp_path / "in"), *args]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    assert restore_tool.main([str(inputs["png8"]), "-o", str(tmp_path / "in" / "."), *args]) == 2
+    # an output folder holding a link to an input under the output's name
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "plain.png").symlink_to(inputs["png8"])
+    assert restore_tool.main([str(inputs["png8"]), "-o", str(linked), *args]) == 2
+    assert "would replace the input file" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in inputs.values()} == before
+
+
+def test_usage_errors_are_reported(tmp_path, runs, capsys):
+    assert restore_tool.main([str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--model",
+                              str(runs["regressor"])]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert restore_tool.main([str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--model",
+                              str(runs["regressor"])]) == 2
+    assert "no images" in capsys.readouterr().err
+    inputs = make_inputs(tmp_path / "in")
+    assert restore_tool.main([str(inputs["png8"]), "-o", str(tmp_path / "o"), "--model", str(tmp_path)]) == 2
+    assert "recipe.yml" in capsys.readouterr().err
