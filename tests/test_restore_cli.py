@@ -135,3 +135,91 @@ def test_usage_errors_are_reported(tmp_path, runs, capsys):
     inputs = make_inputs(tmp_path / "in")
     assert restore_tool.main([str(inputs["png8"]), "-o", str(tmp_path / "o"), "--model", str(tmp_path)]) == 2
     assert "recipe.yml" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hostile inputs (fuzz)
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR declares a huge size and that holds no pixel data (decompression bomb shape)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def _image_bytes(mode: str, fmt: str, size=(20, 12), exif_orientation: int | None = None) -> bytes:
+    import io
+
+    rng = np.random.default_rng(len(mode) + size[0])
+    if mode == "I;16":
+        img = Image.fromarray((rng.random(size[::-1]) * 65535).astype(np.uint16))
+    else:
+        img = Image.fromarray((rng.random((*size[::-1], 4)) * 255).astype(np.uint8), "RGBA")
+        img = img.convert("RGB").convert(mode) if mode != "RGBA" else img
+    buf = io.BytesIO()
+    kwargs = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+HOSTILE = {
+    "png_L": lambda: (".png", _image_bytes("L", "PNG")),
+    "png_LA": lambda: (".png", _image_bytes("LA", "PNG")),
+    "png_RGBA_transparent": lambda: (".png", _image_bytes("RGBA", "PNG")),
+    "png_palette": lambda: (".png", _image_bytes("P", "PNG")),
+    "png_16bit_grey": lambda: (".png", _image_bytes("I;16", "PNG")),
+    "jpeg_exif_rotated": lambda: (".jpg", _image_bytes("RGB", "JPEG", exif_orientation=6)),
+    "bmp": lambda: (".bmp", _image_bytes("RGB", "BMP")),
+    "truncated_png": lambda: (".png", _image_bytes("RGB", "PNG")[:70]),
+    "truncated_jpeg": lambda: (".jpg", _image_bytes("RGB", "JPEG")[:200]),
+    "zero_size": lambda: (".png", b""),
+    "huge_declared": lambda: (".png", _png_header_only(200_000, 200_000)),
+    "text_as_png": lambda: (".png", "plain text pretending to be a PNG".encode()),
+    "random_bytes_jpeg": lambda: (".jpeg", bytes(range(256)) * 3),
+}
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the dev extras
+    given = None
+
+
+if given is not None:
+    @settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(kinds=st.lists(st.sampled_from(sorted(HOSTILE)), min_size=1, max_size=4),
+           stems=st.lists(st.text(alphabet="aé ü_-ñ中", min_size=1, max_size=8), min_size=4, max_size=4,
+                          unique_by=lambda s: s.strip().lower()))
+    def test_hostile_inputs_never_crash_the_batch_nor_touch_inputs(tmp_path_factory, runs, kinds, stems):
+        folder = tmp_path_factory.mktemp("hostile") / "in dir é"
+        folder.mkdir()
+        files = []
+        for i, (kind, stem) in enumerate(zip(kinds, stems)):
+            suffix, data = HOSTILE[kind]()
+            path = folder / f"{stem.strip() or 'x'}{i}{suffix}"
+            path.write_bytes(data)
+            files.append((kind, path))
+        before = {p: p.read_bytes() for _, p in files}
+        out = folder.parent / "out ü"
+        code = restore_tool.main([str(folder), "-o", str(out), "--model", str(runs["regressor"]), "--no-progress"])
+        assert {p: p.read_bytes() for _, p in files} == before
+        restored = {p.name for p in out.iterdir()} if out.exists() else set()
+        failed = 0
+        for kind, path in files:
+            name = restore_tool.output_path(out, path).name
+            if name in restored:
+                img = read_image(out / name)
+                assert img.ndim == 3 and img.shape[2] == 3
+                if kind == "jpeg_exif_rotated":
+                    assert img.shape[:2] == (20, 12)          # stored 20 wide x 12 high, rotated upright
+                if kind == "png_16bit_grey":
+                    assert image_bit_depth(out / name) == 16
+            else:
+                failed += 1
+                assert kind not in ("png_L", "png_LA", "png_palette", "png_16bit_grey", "jpeg_exif_rotated", "bmp")
+        assert code == (1 if failed else 0)
