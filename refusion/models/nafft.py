@@ -20,7 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from .blocks import NAFBlock
-from .nafnet import _RegressorUNet
+from .nafnet import RegressorUNet
 
 
 class FFTSkipBlock(nn.Module):
@@ -153,7 +153,7 @@ class NAFFTBlock(NAFBlock):
         return EfficientChannelAttention(channels, self.eca_gamma, self.eca_b)
 
 
-class NAFFTNet(_RegressorUNet):
+class NAFFTNet(RegressorUNet):
     """NAFFT-Net image restorer: ``forward(x)`` -> restored image (NAFNet U-Net, global residual).
 
     ``fft_residual``: add the skip back around each FFT block (off = the reported model).

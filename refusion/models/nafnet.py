@@ -75,7 +75,7 @@ class NAFUNetStages:
         return x
 
 
-class _RegressorUNet(ModelMixin, ConfigMixin, NAFUNetStages):
+class RegressorUNet(ModelMixin, ConfigMixin, NAFUNetStages):
     """The image-to-image U-Net body shared by NAFNet, Baseline and NAFFT-Net.
 
     Inputs of any size: zero-padded bottom/right to a multiple of 2**len(enc_blk_nums), cropped
@@ -97,7 +97,7 @@ class _RegressorUNet(ModelMixin, ConfigMixin, NAFUNetStages):
         return (self.ending(y) + inp)[..., :h, :w]
 
 
-class NAFNet(_RegressorUNet):
+class NAFNet(RegressorUNet):
     """NAFNet image restorer (official argument names): ``forward(x)`` -> restored image."""
 
     @register_to_config
@@ -119,7 +119,7 @@ class NAFNet(_RegressorUNet):
         )
 
 
-class Baseline(_RegressorUNet):
+class Baseline(RegressorUNet):
     """NAFNet's Baseline: the same U-Net with LayerNorm + GELU + SE channel-attention blocks."""
 
     @register_to_config
