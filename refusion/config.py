@@ -548,8 +548,16 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (), *,
                             check_paths=check_paths, check_model=check_model)
 
 
+class _RecipeDumper(yaml.SafeDumper):
+    """Sections in block style, lists inline ([1, 1, 1, 28]) as a person writes them."""
+
+
+_RecipeDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
 def dump_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the resolved recipe (every key, defaults filled) as YAML; load_recipe reads it back."""
-    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None)
+    text = yaml.dump(recipe.to_dict(), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(f"# resolved recipe of run {recipe.name!r}\n{text}", encoding="utf-8")
