@@ -93,23 +93,25 @@ class _Restorer:
 
     method: Method
     device: str
-    pipe: object = field(init=False)
+    network: torch.nn.Module = field(init=False)
 
     def __post_init__(self):
-        import refusion
+        from refusion.pipeline import load_pipeline, load_regressor
 
-        self.pipe = refusion.load_pipeline(self.method.run_dir).to(self.device)
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.pipe.unet if self.method.kind == "sde" else self.pipe.model
+        if self.method.kind == "sde":
+            self.pipe = load_pipeline(self.method.run_dir, device=self.device)
+            self.network = self.pipe.unet
+        else:
+            self.network = load_regressor(self.method.run_dir).to(self.device).eval()
 
     def __call__(self, lq: torch.Tensor, seed: int) -> torch.Tensor:
+        from refusion.pipeline import restore
+
         if self.method.kind == "sde":
             generator = torch.Generator(device=self.device).manual_seed(seed)
             return self.pipe(lq, num_inference_steps=self.method.steps, sampler=self.method.sampler,
                              generator=generator, output_type="pt", progress=False).images
-        return self.pipe(lq, output_type="pt", progress=False).images
+        return restore(lq, model=self.network, progress=False)
 
 
 def evaluate_runs(
