@@ -6,6 +6,15 @@ from torch import nn
 from refusion.tiling import blend_weights_1d, tile_layout, tile_starts, tiled_apply, validate_tiling
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: one thread avoids OpenMP spin contention on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("height,width,tile,overlap,multiple", [
     (64, 64, 32, 8, 8), (96, 72, 32, 16, 8), (200, 136, 64, 16, 8), (40, 40, 64, 16, 8), (72, 48, 16, 12, 4),
 ])
