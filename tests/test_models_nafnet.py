@@ -188,10 +188,11 @@ def test_gradients_reach_every_parameter():
         assert not dead, f"{name}: no gradient for {dead}"
 
 
-def test_bf16_autocast_has_no_nan():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_autocast_has_no_nan(dtype):
     x = torch.rand(2, 3, 19, 21)
     for name, model in small_models().items():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
             out = run(name, model.eval(), x)
         assert out.shape == x.shape and torch.isfinite(out).all(), name
 
