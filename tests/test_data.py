@@ -444,3 +444,19 @@ def test_second_view_folder_is_cropped_with_lq(tmp_path):
     for index in range(3):
         item = dataset[index]
         torch.testing.assert_close(item["cond"], item["gt"], rtol=0, atol=0)
+
+
+def test_float_tiff_and_cmyk(tmp_path):
+    import tifffile
+
+    values = RNG.random((5, 6, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", values, photometric="rgb")
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif"), values)
+    assert image_bit_depth(tmp_path / "f.tif") == 16
+    tifffile.imwrite(tmp_path / "hdr.tif", values * 4, photometric="rgb")
+    with pytest.raises(ImageReadError, match=r"hdr\.tif.*expected \[0, 1\]"):
+        read_image(tmp_path / "hdr.tif")
+    cmyk = Image.fromarray(random_uint8()).convert("CMYK")
+    cmyk.save(tmp_path / "c.jpg", quality=100)
+    want = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB")) / np.float32(255)
+    np.testing.assert_array_equal(read_image(tmp_path / "c.jpg"), want)
