@@ -289,3 +289,27 @@ def test_cli_refuses_a_recipe_of_another_task(data, tmp_path, capsys):
     (tmp_path / "run" / "x").write_text("")
     assert main("regressor", [str(path)]) == 1
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_restart_cleans_up_after_a_kill(tmp_path):
+    from refusion.training.run_dir import prepare_run_dir, prune_checkpoints, write_meta
+
+    run = tmp_path / "run"
+    for name in ("checkpoints/step_00000002", "checkpoints/step_00000004", "checkpoints/.tmp-step_00000006",
+                 ".tmp-old-model", ".tmp-model", ".tmp-best"):
+        (run / name).mkdir(parents=True)
+        (run / name / "weights.bin").write_bytes(name.encode())
+    (run / ".tmp-recipe.yml").write_text("task: sd")
+    for step in (2, 4):
+        write_meta(run / f"checkpoints/step_{step:08d}", {"step": step, "samples_seen": 0})
+    prepare_run_dir(run, overwrite=False)
+    # a kill between the two renames of model/: the previous complete version comes back
+    assert (run / "model/weights.bin").read_bytes() == b".tmp-old-model"
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "model"]
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    prune_checkpoints(run, keep=1)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000004"]
+    (run / "checkpoints/step_00000004/meta.json").unlink()
+    with pytest.raises(CheckpointError, match="has no meta.json: it is incomplete"):
+        verify_checkpoint(run / "checkpoints/step_00000004")

@@ -87,9 +87,9 @@ def train(recipe, *, resume: bool = False, overwrite: bool = False, stop_at_step
         run = _build_run(recipe, run_dir, accelerator)
         start_step, position = _restore(run) if resume else (0, 0)
         if accelerator.is_main_process:
-            from refusion.config import dump_recipe
-
-            dump_recipe(recipe, run_dir / "recipe.yml")
+            _write_recipe(recipe, run_dir)
+            if resume:
+                rd.truncate_metrics(run_dir, start_step)
         if recipe.logging.tensorboard:
             accelerator.init_trackers(recipe.name)
         _loop(run, start_step, position, stop_at_step)
@@ -125,6 +125,15 @@ def _open_run_dir(accelerator: Accelerator, run_dir: Path, recipe, *, resume: bo
     accelerator.wait_for_everyone()
     if resume:
         _check_same_config(run_dir, recipe)
+
+
+def _write_recipe(recipe, run_dir: Path) -> None:
+    """recipe.yml, replaced atomically (a resume compares against it)."""
+    from refusion.config import dump_recipe
+
+    tmp = run_dir / (rd.TMP_PREFIX + "recipe.yml")
+    dump_recipe(recipe, tmp)
+    os.replace(tmp, run_dir / "recipe.yml")
 
 
 def _check_same_config(run_dir: Path, recipe) -> None:

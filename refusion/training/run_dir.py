@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
+OLD_PREFIX = TMP_PREFIX + "old-"
 STEP_PREFIX = "step_"
 
 
@@ -70,11 +71,48 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete half-written ``.tmp-*`` folders left by a killed run (they were never renamed)."""
+    """Clean up after a kill: half-written ``.tmp-*`` entries were never renamed into place.
+
+    The one exception is ``.tmp-old-X`` without ``X``: a kill between the two renames of
+    :func:`publish_dir`; it is the previous complete version and is put back.
+    """
     for parent in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
-        if parent.is_dir():
-            for stale in parent.glob(TMP_PREFIX + "*"):
+        if not parent.is_dir():
+            continue
+        for stale in sorted(parent.glob(TMP_PREFIX + "*")):
+            original = parent / stale.name[len(OLD_PREFIX):]
+            if stale.name.startswith(OLD_PREFIX) and not original.exists():
+                os.replace(stale, original)
+            elif stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file so that it is either the old or the new version after a kill."""
+    path = Path(path)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, drop validation lines written after the checkpoint (they will be redone)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -172,7 +210,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     tmp, final = Path(tmp), Path(final)
     _fsync_dir(tmp)
     if final.exists():
-        old = final.with_name(TMP_PREFIX + "old-" + final.name)
+        old = final.with_name(OLD_PREFIX + final.name)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         os.replace(tmp, final)
@@ -187,7 +225,9 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(TMP_PREFIX + "prune-" + old.name)
+        os.replace(old, doomed)  # atomic: a kill during the deletion leaves no partial step_X
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 # --- random number generator state (own safe format: JSON + safetensors, no pickle) ---------
