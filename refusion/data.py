@@ -54,6 +54,10 @@ class ImageReadError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
+class _Unrecognised(ImageReadError):
+    """Pillow does not know the format (tifffile may still read a TIFF)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -144,7 +148,7 @@ def _open_pil(path: Path, max_pixels: int | None) -> Image.Image:
                 finally:
                     Image.MAX_IMAGE_PIXELS = previous
         except Image.UnidentifiedImageError as exc:
-            raise ImageReadError(path, "not an image file (format not recognised)") from exc
+            raise _Unrecognised(path, "not an image file (format not recognised)") from exc
     try:
         _check_pixels(path, *im.size, max_pixels)
     except ImageReadError:
@@ -173,17 +177,25 @@ def _tiff_bits(im: Image.Image) -> tuple[int, ...]:
 
 def _decode(path: Path, max_pixels: int | None) -> np.ndarray:
     header = _check_file(path)
-    if header.startswith(_TIFF_SIGNATURES):
-        try:
-            Image.open(path).close()
-        except Exception:  # e.g. float RGB TIFF, which Pillow cannot represent
-            return _upright(_drop_opaque_alpha(path, _decode_tiff_deep(path, max_pixels)), _tiff_orientation(path))
-    with _open_pil(path, max_pixels) as im:
+    is_tiff = header.startswith(_TIFF_SIGNATURES)
+    try:
+        im = _open_pil(path, max_pixels)
+    except ImageReadError as exc:
+        if not (is_tiff and isinstance(exc, _Unrecognised)):
+            raise
+        im = None
+    except Exception:
+        if not is_tiff:
+            raise
+        im = None
+    if im is None:  # a TIFF that Pillow cannot represent (float RGB, ...): tifffile alone
+        return _upright(_drop_opaque_alpha(path, _decode_tiff_deep(path, max_pixels)), _tiff_orientation(path))
+    with im:
         orientation = _exif_orientation(im)
         if header.startswith(_PNG_SIGNATURE) and _png_ihdr(path, header) in ((16, 2), (16, 4), (16, 6)):
             im.load()  # Pillow validates the whole stream (truncation, CRC) ...
             array = _decode_png16_colour(path)  # ... OpenCV keeps all 16 bits
-        elif header.startswith(_TIFF_SIGNATURES) and max(_tiff_bits(im)) > 8 and len(im.getbands()) > 1:
+        elif is_tiff and max(_tiff_bits(im)) > 8 and len(im.getbands()) > 1:
             array = _decode_tiff_deep(path, max_pixels)
         else:
             im.load()
@@ -267,13 +279,11 @@ def _decode_tiff_deep(path: Path, max_pixels: int | None) -> np.ndarray:
         array = np.moveaxis(array, axes.index("S"), -1)
     if array.ndim != 3 or array.shape[2] > 4:
         raise ImageReadError(path, f"TIFF array of shape {array.shape} (axes {axes}) is not an image")
-    if array.dtype == np.uint16:
+    if array.dtype in (np.uint8, np.uint16):
         return array
     if array.dtype.kind == "f":
         return _check_float(path, array.astype(np.float32))
-    if array.dtype == np.uint32:
-        raise ImageReadError(path, "32-bit integer TIFF samples are not supported (use 8 or 16 bits)")
-    return array.astype(np.uint16)
+    raise ImageReadError(path, f"TIFF samples of type {array.dtype} are not supported (use 8/16-bit unsigned or float)")
 
 
 def _check_float(path: Path, array: np.ndarray) -> np.ndarray:
