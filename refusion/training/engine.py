@@ -54,6 +54,7 @@ class _Run:
     autoencoder: torch.nn.Module | None
     ema: EMA | None
     best_psnr: float = float("-inf")
+    val_dataset: object = None      # built at the first validation, decoded once
 
     @property
     def inference_model(self) -> torch.nn.Module:
@@ -312,8 +313,11 @@ def _validate(run: _Run, step: int) -> dict:
 
     recipe, acc = run.recipe, run.accelerator
     cfg, val_cfg = recipe.data.val, recipe.validation
-    limits = [n for n in (cfg.max_images, val_cfg.max_images) if n is not None]
-    dataset = PairedImageDataset(cfg.gt, cfg.lq, cond=cfg.cond, max_images=min(limits) if limits else None)
+    if run.val_dataset is None:
+        limits = [n for n in (cfg.max_images, val_cfg.max_images) if n is not None]
+        run.val_dataset = PairedImageDataset(cfg.gt, cfg.lq, cond=cfg.cond,
+                                             max_images=min(limits) if limits else None)
+    dataset = run.val_dataset
     loader = prepare_data_loader(torch.utils.data.DataLoader(dataset, batch_size=1), acc.device,
                                  num_processes=acc.num_processes, process_index=acc.process_index,
                                  put_on_device=True)
