@@ -360,8 +360,9 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None)
     else:
         task = read_run_task(path)
         if task != "sde":
-            raise ValueError(f"{path} is a {task!r} run; load_pipeline/sample need an sde run. "
-                             f"Use refusion.restore(lq, model={str(path)!r}) for regressors")
+            hint = (f"Use refusion.restore(lq, model={str(path)!r}) for regressors" if task == "regressor" else
+                    "an autoencoder run is used through the latent sde run that names it (recipe latent.autoencoder)")
+            raise ValueError(f"{path} is a {task!r} run; load_pipeline/sample need an sde run. {hint}")
         sched_dir = path / "scheduler"
         if not (sched_dir / "scheduler_config.json").is_file():
             raise FileNotFoundError(f"{sched_dir / 'scheduler_config.json'} is missing: the run directory "
