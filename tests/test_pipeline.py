@@ -214,3 +214,22 @@ def test_restore_with_a_regressor(tmp_path):
         restore(lq, model=RefusionPipeline(unet=tiny_noise_net(), scheduler=IRSDEScheduler()))
     with pytest.raises(ValueError, match="use refusion.restore"):
         sample(lq, model=net)
+
+
+def test_half_precision_and_conditioning_channels():
+    torch.manual_seed(0)
+    net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1],
+                            cond_channels=1).eval()
+    pipe = RefusionPipeline(unet=net, scheduler=IRSDEScheduler(sampler="ode"))
+    lq, cond = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
+    full = pipe(lq, num_inference_steps=3, cond=cond, generator=gens(0), output_type="pt", progress=False).images
+    half = pipe(lq, num_inference_steps=3, cond=cond, generator=gens(0), output_type="pt", progress=False,
+                half=True).images
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    other = pipe(lq, num_inference_steps=3, cond=1 - cond, generator=gens(0), output_type="pt", progress=False).images
+    assert not torch.equal(full, other)                   # the conditioning reaches the network
+    tiled = pipe(lq, num_inference_steps=3, cond=cond, generator=gens(0), output_type="pt", progress=False,
+                 tile_size=16, tile_overlap=4).images
+    assert tiled.shape == full.shape
+    with pytest.raises(ValueError, match="cond must be"):
+        pipe(lq, num_inference_steps=2, cond=torch.rand(1, 1, 16, 16), progress=False)
