@@ -89,8 +89,18 @@ def _own_memory(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def load_regressor(path: str | Path):
-    """A regressor from a run directory (task: regressor) or a directory holding config.json + weights."""
+def _weights_dir(run_dir: Path, weights: str) -> Path:
+    """model/ (final, EMA when on) or best/ (best validation PSNR) of a run directory."""
+    if weights not in ("model", "best"):
+        raise ValueError(f"weights must be 'model' (final weights) or 'best' (best validation PSNR), got {weights!r}")
+    return run_dir / weights
+
+
+def load_regressor(path: str | Path, *, weights: str = "model"):
+    """A regressor from a run directory (task: regressor) or a directory holding config.json + weights.
+
+    ``weights``: "model" (the run's final weights) or "best" (best validation PSNR) of a run.
+    """
     path = Path(path)
     if (path / "config.json").is_file():
         net = load_network(path)
@@ -101,7 +111,7 @@ def load_regressor(path: str | Path):
         if task != "regressor":
             raise ValueError(f"{path} is a {task!r} run; refusion.restore needs a regressor run "
                              f"(use refusion.sample for sde runs)")
-        net = load_network(path / "model")
+        net = load_network(_weights_dir(path, weights))
     if type(net).__name__ not in REGRESSOR_NAMES:
         raise ValueError(f"{path} holds a {type(net).__name__}, not a regressor ({', '.join(REGRESSOR_NAMES)})")
     return net
@@ -346,8 +356,12 @@ def _is_pipeline_dir(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
-def load_pipeline(path: str | Path, *, device: str | torch.device | None = None) -> RefusionPipeline:
-    """A RefusionPipeline from a training run directory (task: sde) or a saved pipeline directory."""
+def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
+                  weights: str = "model") -> RefusionPipeline:
+    """A RefusionPipeline from a training run directory (task: sde) or a saved pipeline directory.
+
+    ``weights``: "model" (the run's final weights) or "best" (best validation PSNR) of a run.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a training run directory "
@@ -370,7 +384,8 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None)
         scheduler = IRSDEScheduler.from_pretrained(str(sched_dir))
         ae_dir = path / "autoencoder"
         autoencoder = load_network(ae_dir) if ae_dir.is_dir() else None
-        pipe = RefusionPipeline(unet=load_network(path / "model"), scheduler=scheduler, autoencoder=autoencoder)
+        unet = load_network(_weights_dir(path, weights))
+        pipe = RefusionPipeline(unet=unet, scheduler=scheduler, autoencoder=autoencoder)
     pipe.unet.eval()
     if pipe.autoencoder is not None:
         pipe.autoencoder.eval()

@@ -193,6 +193,12 @@ def test_load_pipeline_from_a_run_directory(tmp_path, pipe):
     a = sample(lq, steps=3, model=str(run), generator=gens(7), progress=False)
     b = sample(lq, steps=3, model=pipe, generator=gens(7), progress=False)
     assert torch.equal(a, b)
+    other = tiny_noise_net(seed=1)
+    other.save_pretrained(run / "best")
+    c = sample(lq, steps=3, model=load_pipeline(run, weights="best"), generator=gens(7), progress=False)
+    d = sample(lq, steps=3, model=other, scheduler=IRSDEScheduler(sampler="posterior"), generator=gens(7),
+               progress=False)
+    assert torch.equal(c, d) and not torch.equal(a, c)
     with pytest.raises(ValueError, match="Use refusion.restore"):
         load_pipeline(write_run(tmp_path / "reg", "regressor", NAFNet(width=8, enc_blk_nums=[1], dec_blk_nums=[1])))
     with pytest.raises(FileNotFoundError, match="recipe.yml"):

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("input", type=Path, help="an image file or a folder of images (not recursive)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--model", type=Path, required=True, help="run directory or saved pipeline/model directory")
+    p.add_argument("--weights", choices=("model", "best"), default="model",
+                   help="run weights: model (final) or best (best validation PSNR)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (sde models; default: all trained steps)")
     p.add_argument("--sampler", default=None, help="sde sampler override: sde, ode, posterior, mr_ode, mr_sde")
     p.add_argument("--eta", type=float, default=None, help="stochasticity of the posterior sampler (0..1)")
@@ -91,7 +93,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Pat
     return outputs
 
 
-def load_model(path: Path, device: torch.device):
+def load_model(path: Path, device: torch.device, weights: str = "model"):
     """('sde', RefusionPipeline) or ('regressor', network) from a run or saved directory."""
     if not path.is_dir():
         raise UsageError(f"--model {str(path)!r} is not a directory (a run directory or a saved model)")
@@ -101,9 +103,9 @@ def load_model(path: Path, device: torch.device):
         return "regressor", load_regressor(path).to(device)
     task = read_run_task(path)
     if task == "sde":
-        return "sde", load_pipeline(path, device=device)
+        return "sde", load_pipeline(path, device=device, weights=weights)
     if task == "regressor":
-        return "regressor", load_regressor(path).to(device)
+        return "regressor", load_regressor(path, weights=weights).to(device)
     raise UsageError(f"--model {str(path)!r} is a {task!r} run; restore needs an sde or a regressor run")
 
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = plan_outputs(inputs, args.output, args.input)
         if args.tile is not None and args.tile < 1:
             raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
-        kind, model = load_model(args.model, device)
+        kind, model = load_model(args.model, device, args.weights)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         print(f"restore: error: {exc}", file=sys.stderr)
         return 2
