@@ -186,7 +186,7 @@ def sde_sample(
     """
     batch = mu.shape[0]
     _check_generator(generator, batch)
-    scheduler.set_timesteps(num_inference_steps, device=mu.device)
+    scheduler.set_timesteps(num_inference_steps)          # timesteps stay on the host: Python ints below
     steps = [int(t) for t in scheduler.timesteps]
     x = scheduler.initial_sample(mu, generator=generator)
     inputs = [mu] if cond is None else [mu, cond]
