@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 from dataclasses import dataclass
@@ -185,7 +186,14 @@ def _restore(run: _Run) -> tuple[int, int]:
     if meta.get("num_processes") != acc.num_processes:
         acc.print(f"warning: {ckpt} was written by {meta.get('num_processes')} process(es), this run has "
                   f"{acc.num_processes}: training continues but not bit-for-bit")
-    acc.load_state(str(ckpt))
+    _check_checkpoint_weights(ckpt, acc.unwrap_model(run.module))
+    try:
+        acc.load_state(str(ckpt))
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        raise rd.CheckpointError(f"refusing to load {str(_unpicklable_file(ckpt))!r}: it holds more than tensors "
+                                 "and plain containers (a pickle that could run code); torch.load(weights_only=True) "
+                                 f"said: {(lines or str(exc).splitlines())[0]}") from exc
     if run.ema is not None:
         ema_path = ckpt / EMA_FILE
         if not ema_path.is_file():
@@ -196,6 +204,44 @@ def _restore(run: _Run) -> tuple[int, int]:
     run.best_psnr = float("-inf") if best is None else float(best)
     acc.print(f"resumed {run.run_dir} from {ckpt.name} (step {meta['step']})")
     return int(meta["step"]), int(meta["samples_seen"])
+
+
+def _check_checkpoint_weights(ckpt: Path, module: torch.nn.Module) -> None:
+    """The checkpoint's model.safetensors must hold this run's tensors (names and shapes).
+
+    Read from the safetensors header only; a checkpoint directory copied from another run passes
+    its own checksums, so this is what finds it. Weights are never read from a pickle.
+    """
+    from safetensors import safe_open
+
+    path = ckpt / "model.safetensors"
+    if not path.is_file():
+        raise rd.CheckpointError(f"checkpoint {str(ckpt)!r} has no model.safetensors (the weights are only read "
+                                 "from safetensors, never from a pickle)")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    with safe_open(str(path), framework="pt") as handle:
+        found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    problems = [f"missing {k}" for k in sorted(set(expected) - set(found))]
+    problems += [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
+    problems += [f"{k}: shape {found[k]} in the file, {expected[k]} in the model"
+                 for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise rd.CheckpointError(f"checkpoint file {str(path)!r} does not match the model of this run "
+                                 f"({type(module).__name__}): {'; '.join(problems[:5])}{more}; it belongs to "
+                                 "another architecture or configuration")
+
+
+def _unpicklable_file(ckpt: Path) -> Path:
+    """The first pickle of a checkpoint that torch.load(weights_only=True) refuses (error path only)."""
+    for path in sorted(ckpt.glob("*.bin")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            return path
+        except Exception:
+            continue
+    return ckpt
 
 
 def _train_loader(run: _Run, position: int):
