@@ -53,27 +53,54 @@ def read_run_task(run_dir: Path) -> str:
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{recipe_path} not found: {run_dir} is neither a training run directory "
                                 f"(recipe.yml, model/) nor a saved pipeline (model_index.json)")
-    with open(recipe_path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f)
+    try:
+        with open(recipe_path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)            # safe loader: object tags are refused
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{recipe_path}: cannot read the recipe ({type(exc).__name__}: {exc})") from exc
     task = recipe.get("task") if isinstance(recipe, dict) else None
     if task not in ("sde", "regressor", "latent_autoencoder"):
         raise ValueError(f"{recipe_path}: task must be sde, regressor or latent_autoencoder, got {task!r}")
     return task
 
 
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
 def load_network(model_dir: Path):
-    """A network saved with save_pretrained: config.json "_class_name" picks the class in MODELS."""
+    """A network saved with save_pretrained: config.json "_class_name" picks the class in MODELS.
+
+    Weights are read from safetensors only (a pickled .bin/.pt beside them is never opened);
+    unreadable, truncated or mismatched weights and non-finite values are a ValueError naming the
+    file.
+    """
     from refusion.models import MODELS
 
-    config_path = Path(model_dir) / "config.json"
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: expected a network saved with save_pretrained")
-    with open(config_path, encoding="utf-8") as f:
-        class_name = json.load(f).get("_class_name")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            class_name = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{config_path}: not a readable network config ({exc})") from exc
     if class_name not in MODELS:
         raise ValueError(f"{config_path}: _class_name {class_name!r} is not a refusion network; "
                          f"known: {sorted(MODELS)}")
-    return _own_memory(MODELS[class_name].from_pretrained(str(model_dir)).eval())
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file() and not weights.with_name(WEIGHTS_NAME + ".index.json").is_file():
+        raise FileNotFoundError(f"{weights} is missing: weights are read from safetensors only "
+                                f"(pickled .bin/.pt files are never loaded)")
+    try:
+        net = MODELS[class_name].from_pretrained(str(model_dir), use_safetensors=True)
+    except Exception as exc:  # truncated file, wrong shapes for the config, ...: name the files
+        raise ValueError(f"cannot load the {class_name} network from {weights} with {config_path}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    for name, tensor in net.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{weights}: tensor {name!r} holds NaN or Inf values (corrupt weights)")
+    return _own_memory(net.eval())
 
 
 def _own_memory(module: torch.nn.Module) -> torch.nn.Module:
@@ -367,7 +394,10 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
         raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a training run directory "
                                 f"(runs/<name>) or a directory written by RefusionPipeline.save_pretrained")
     if _is_pipeline_dir(path):
-        pipe = RefusionPipeline.from_pretrained(str(path))
+        try:
+            pipe = RefusionPipeline.from_pretrained(str(path), use_safetensors=True)
+        except Exception as exc:  # name the directory whatever part of it is broken
+            raise ValueError(f"cannot load the pipeline saved in {path}: {type(exc).__name__}: {exc}") from exc
         for module in (pipe.unet, pipe.autoencoder):
             if module is not None:
                 _own_memory(module)

@@ -223,3 +223,29 @@ if given is not None:
                 failed += 1
                 assert kind not in ("png_L", "png_LA", "png_palette", "png_16bit_grey", "jpeg_exif_rotated", "bmp")
         assert code == (1 if failed else 0)
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, runs, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.bmp")
+    write_image(folder / "a.bmp.png", np.zeros((8, 8, 3)))
+    assert restore_tool.main([str(folder), "-o", str(tmp_path / "out"), "--model", str(runs["regressor"])]) == 2
+    assert "same output" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_model_weights_are_a_usage_error(tmp_path, runs, capsys):
+    import shutil
+
+    run = tmp_path / "broken"
+    shutil.copytree(runs["regressor"], run)
+    weights = run / "model" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    inputs = make_inputs(tmp_path / "in")
+    assert restore_tool.main([str(inputs["png8"]), "-o", str(tmp_path / "out"), "--model", str(run)]) == 2
+    assert str(weights) in capsys.readouterr().err
+    weights.unlink()
+    torch.save({"w": torch.zeros(1)}, weights.with_suffix(".bin"))          # a pickle is never read
+    assert restore_tool.main([str(inputs["png8"]), "-o", str(tmp_path / "out"), "--model", str(run)]) == 2
+    assert "safetensors only" in capsys.readouterr().err

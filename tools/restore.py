@@ -85,6 +85,13 @@ def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Pat
         raise UsageError(f"output folder {str(out_dir)!r} is the input folder; choose another folder "
                          f"(inputs are never overwritten)")
     outputs = [output_path(out_dir, src) for src in inputs]
+    claimed: dict[str, Path] = {}
+    for src, dst in zip(inputs, outputs):
+        key = os.path.normcase(dst.name)
+        if key in claimed:
+            raise UsageError(f"inputs {str(claimed[key])!r} and {str(src)!r} would both be written to the same "
+                             f"output {str(dst)!r}; rename one of them")
+        claimed[key] = src
     sources = {src.resolve() for src in inputs}
     for src, dst in zip(inputs, outputs):
         if dst.resolve() in sources or (dst.exists() and any(os.path.samefile(dst, s) for s in inputs)):
@@ -143,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         kind, model = load_model(args.model, device, args.weights)
     except (UsageError, FileNotFoundError, ValueError) as exc:
         print(f"restore: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # any other failure to load the model is still a usage problem, not a crash
+        print(f"restore: error: cannot load --model {str(args.model)!r}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return 2
     if kind == "regressor" and (args.steps or args.sampler or args.eta is not None):
         print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
