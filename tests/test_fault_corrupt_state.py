@@ -261,11 +261,12 @@ def _weights(run: Path) -> Path:
     ("pickle_with_code", "safetensors"),
     ("truncated", "diffusion_pytorch_model.safetensors"),
     ("missing", "diffusion_pytorch_model.safetensors"),
-    ("bit_flip", "diffusion_pytorch_model.safetensors"),
+    # model/ carries no checksums: a flipped bit in a weight's value loads silently (docs/reliability.md)
+    pytest.param("bit_flip", "diffusion_pytorch_model.safetensors",
+                 marks=pytest.mark.xfail(strict=True, reason="model/ has no checksums")),
     ("recipe_with_object_tag", "recipe.yml"),
     ("config_of_another_width", "model"),
 ])
-@pytest.mark.xfail(strict=True, reason="restore does not yet turn every load failure into a usage error")
 def test_damaged_or_hostile_run_weights_are_refused_by_restore(run, image, tmp_path, capsys, case, expected):
     weights = _weights(run)
     if case == "pickle_with_code":

@@ -285,7 +285,6 @@ def test_restore_command_on_hostile_folders(tmp_path_factory, trained_run, capsy
         assert image_bit_depth(deep) == 16
 
 
-@pytest.mark.xfail(strict=True, reason="restore writes both to one file")
 def test_outputs_of_two_inputs_never_collide(tmp_path, trained_run, capsys):
     # "a.bmp" is written as "a.bmp.png": an input already named "a.bmp.png" must not be clobbered
     folder = tmp_path / "in"
