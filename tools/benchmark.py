@@ -156,6 +156,18 @@ def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dic
     return fns, extra
 
 
+def _drop_failing(fns: dict) -> dict:
+    """Run every variant once; remove (and report) those that raise, so one bad path costs one row."""
+    failed = {}
+    for key, fn in list(fns.items()):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the error text is the measurement
+            failed[key] = f"{type(exc).__name__}: {exc}"
+            del fns[key]
+    return failed
+
+
 def _autocast_call(net, x):
     with autocast(True):
         return net(*x)
@@ -185,6 +197,7 @@ def bench_networks(state: dict) -> dict:
             compile_net = state["compile"] and (full or name == "ConditionalNAFNet-w16-quickstart")
             fns, extra = _forward_variants(name, net, size, compile_net)
             entry.update(extra)
+            entry["failed_variants"] = _drop_failing(fns)
             timings = perf.time_side_by_side(fns, repeats=repeats)
             ref = final_output(fns["fp32"]()).float()
             accuracy = {k: psnr_db(final_output(fn()).float(), ref) for k, fn in fns.items() if k != "fp32"}
@@ -205,8 +218,8 @@ def bench_networks(state: dict) -> dict:
                      "fp32 %gemm": 100 * forward["fp32"]["fraction_of_gemm"],
                      "fwd bf16 s": forward["bf16_autocast"]["median_s"],
                      "bf16 x": forward["bf16_autocast"]["speedup_vs_fp32"],
-                     "cl x": forward["channels_last"]["speedup_vs_fp32"],
-                     "bf16w x": forward["bf16_weights"]["speedup_vs_fp32"],
+                     "cl x": forward.get("channels_last", {}).get("speedup_vs_fp32"),
+                     "bf16w x": forward.get("bf16_weights", {}).get("speedup_vs_fp32"),
                      "f+b fp32 s": entry["backward"]["fp32"]["median_s"],
                      "f+b bf16 s": entry["backward"]["bf16_autocast"]["median_s"],
                      "fwd MiB": entry["peak_rss"]["forward"]["above_import_mib"],
@@ -679,7 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["machine"]))
     for name in selected:
         start = time.perf_counter()
-        state["results"][name] = BENCHMARKS[name](state)
+        try:
+            state["results"][name] = BENCHMARKS[name](state)
+        except Exception as exc:  # noqa: BLE001 - keep the other benchmarks' results
+            import traceback
+
+            traceback.print_exc()
+            state["results"][name] = {"error": f"{type(exc).__name__}: {exc}"}
         report["seconds"][name] = time.perf_counter() - start
         if args.out:  # partial results survive an interrupted run
             _write(args.out, report)
