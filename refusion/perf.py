@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 __all__ = ["gemm_gflops", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
            "peak_rss_bytes", "prepare_for_inference", "machine_info", "parameter_count"]
@@ -50,9 +50,21 @@ def gemm_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: i
     return 2.0 * size ** 3 / seconds / 1e9
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None) -> int:
+    # torch's own formula ignores ``groups`` and counts a depthwise conv's backward C times too
+    # many; each requested gradient (input, weight) costs what the forward costs, and the weight
+    # shape (C_out, C_in / groups, kh, kw) already accounts for the groups
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs counted while ``fn()`` runs (a forward, or a forward and ``backward()``)."""
-    counter = FlopCounterMode(display=False)
+    """FLOPs counted while ``fn()`` runs (a forward, or a forward and ``backward()``).
+
+    Uses FlopCounterMode with a corrected convolution-backward formula (grouped convolutions).
+    """
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
     with counter:
         fn()
     return int(counter.get_total_flops())

@@ -29,6 +29,13 @@ def test_count_flops_matches_analytic_counts():
     # a backward costs twice the forward for a layer whose input needs a gradient (grad_input + grad_weight)
     img.requires_grad_(True)
     assert perf.count_flops(lambda: conv(img).sum().backward()) == 3 * 2 * 2 * 8 * 10 * 12 * 3 * 3 * 3
+    # depthwise: each output channel sees one input channel (torch's stock backward formula ignores groups)
+    depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+    feat = torch.randn(1, 16, 8, 8, requires_grad=True)
+    assert perf.count_flops(lambda: depthwise(feat)) == 2 * 16 * 8 * 8 * 9
+    assert perf.count_flops(lambda: depthwise(feat).sum().backward()) == 3 * 2 * 16 * 8 * 8 * 9
+    weight_only = torch.randn(1, 16, 8, 8)  # no input gradient: only the weight gradient is computed
+    assert perf.count_flops(lambda: depthwise(weight_only).sum().backward()) == 2 * 2 * 16 * 8 * 8 * 9
 
 
 def test_gemm_gflops_is_positive_and_validates():

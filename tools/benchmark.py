@@ -139,12 +139,15 @@ def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dic
     x_bf = network_inputs(name, size, dtype=torch.bfloat16)
     net_cl = perf.prepare_for_inference(copy.deepcopy(net), channels_last=True)
     net_bf = perf.prepare_for_inference(copy.deepcopy(net), dtype=torch.bfloat16)
+    net_cl_bf = perf.prepare_for_inference(copy.deepcopy(net), channels_last=True, dtype=torch.bfloat16)
+    x_cl_bf = network_inputs(name, size, channels_last=True, dtype=torch.bfloat16)
     fns = {
         "fp32": lambda: net(*x),
         "bf16_autocast": lambda: _autocast_call(net, x),
         "channels_last": lambda: net_cl(*x_cl),
         "channels_last_bf16_autocast": lambda: _autocast_call(net_cl, x_cl),
         "bf16_weights": lambda: net_bf(*x_bf),
+        "channels_last_bf16_weights": lambda: net_cl_bf(*x_cl_bf),
     }
     extra = {}
     if compile_net:
@@ -184,7 +187,7 @@ def bench_networks(state: dict) -> dict:
     full, smoke, repeats = state["full"], state["smoke"], state["repeats"]
     size = 64 if smoke else 256
     gemm = gemm_rates(state)["gflops"]
-    names = list(NETWORKS) if not smoke else ["ConditionalNAFNet-w16-quickstart", "NAFNet-w32-GoPro"]
+    names = state["networks"] or (list(NETWORKS) if not smoke else ["ConditionalNAFNet-w16-quickstart", "NAFNet-w32-GoPro"])
     results, rows = {}, []
     for name in names:
         net, config = build_network(name, full and not smoke)
@@ -220,6 +223,7 @@ def bench_networks(state: dict) -> dict:
                      "bf16 x": forward["bf16_autocast"]["speedup_vs_fp32"],
                      "cl x": forward.get("channels_last", {}).get("speedup_vs_fp32"),
                      "bf16w x": forward.get("bf16_weights", {}).get("speedup_vs_fp32"),
+                     "cl+bf16w x": forward.get("channels_last_bf16_weights", {}).get("speedup_vs_fp32"),
                      "f+b fp32 s": entry["backward"]["fp32"]["median_s"],
                      "f+b bf16 s": entry["backward"]["bf16_autocast"]["median_s"],
                      "fwd MiB": entry["peak_rss"]["forward"]["above_import_mib"],
@@ -453,7 +457,7 @@ def bench_dataloader(state: dict) -> dict:
     from refusion.training.data_stream import stream_loader
 
     crop, batch_size = (64, 4) if state["smoke"] else (256, 8)
-    root = _synthetic_pairs(crop + 128, 8 if state["smoke"] else 24)
+    root = _synthetic_pairs(crop + 32, 8 if state["smoke"] else 24)
     dataset = PairedImageDataset(root / "train" / "gt", root / "train" / "lq", gt_size=crop, use_flip=True, use_rot=True)
     n_batches = 5 if state["smoke"] else 40
     rates = {}
@@ -676,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (implied by --full)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--run", help="a trained sde run directory for the sampling benchmark")
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), help="networks benchmark: only these")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
     if unknown:
@@ -686,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     selected = args.benchmarks or list(BENCHMARKS)
     state = {"full": args.full, "smoke": args.smoke, "repeats": args.repeats, "compile": args.compile or args.full,
-             "run": args.run, "results": {}}
+             "run": args.run, "networks": args.networks, "results": {}}
     report = {"machine": perf.machine_info(), "settings": {k: v for k, v in state.items() if k != "results"},
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "benchmarks": state["results"], "seconds": {}}
     print(json.dumps(report["machine"]))
