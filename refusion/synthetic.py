@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from refusion import degradations
-from refusion.data import write_image
+from refusion.image_io import write_image
 
 MANIFEST_VERSION = 1
 

@@ -1,4 +1,4 @@
-"""Image I/O, pairing and the paired dataset."""
+"""Image I/O (refusion.image_io), pairing and the paired dataset (refusion.data)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from refusion.data import (
-    ImageReadError,
-    PairedImageDataset,
-    find_pairs,
-    from_tensor,
-    image_bit_depth,
-    load_condition_vectors,
-    read_image,
-    to_tensor,
-    write_image,
-)
+from refusion.data import PairedImageDataset, find_pairs, load_condition_vectors
+from refusion.image_io import ImageReadError, from_tensor, image_bit_depth, read_image, to_tensor, write_image
 
 RNG = np.random.default_rng(1234)
 
@@ -84,7 +75,7 @@ def test_jpeg_round_trip_and_depth_errors(tmp_path):
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    import refusion.data as data
+    import refusion.image_io as image_io
 
     target = write_image(tmp_path / "keep.png", random_uint8())
     before = target.read_bytes()
@@ -93,7 +84,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         Path(tmp).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_encode", broken_encode)
+    monkeypatch.setattr(image_io, "_encode", broken_encode)
     with pytest.raises(OSError, match="disk full"):
         write_image(target, random_uint8())
     assert target.read_bytes() == before

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refusion.data import PairedImageDataset, find_pairs, read_image
+from refusion.data import PairedImageDataset, find_pairs
+from refusion.image_io import read_image
 from refusion.synthetic import SOURCES, build_dataset, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from refusion.data import image_bit_depth, read_image, write_image
+from refusion.image_io import image_bit_depth, read_image, write_image
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.nafnet import NAFNet
 from refusion.schedulers.ir_sde import IRSDEScheduler
