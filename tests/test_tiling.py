@@ -6,13 +6,7 @@ from torch import nn
 from refusion.tiling import blend_weights_1d, tile_layout, tile_starts, tiled_apply, validate_tiling
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: one thread avoids OpenMP spin contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("height,width,tile,overlap,multiple", [
