@@ -183,7 +183,7 @@ def evaluate_runs(
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
     artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
-    artefacts["grid"] = _grid(pairs[:grid_images], methods, rows, lqs, gts, restored, out_dir / "grid.png")
+    artefacts["grid"] = _grid(_spread(pairs, grid_images), methods, rows, lqs, gts, restored, out_dir / "grid.png")
     return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes}
 
 
@@ -216,6 +216,13 @@ def _grid(pairs, methods, rows, lqs, gts, restored, path: Path) -> Path:
         cols = [("LQ", lqs[name])] + [(_short(m), restored[(m.label, name)]) for m in chosen] + [("GT", gts[name])]
         grid_rows.append((name, cols))
     return save_image_grid(grid_rows, path)
+
+
+def _spread(items: list, count: int) -> list:
+    """``count`` items evenly spaced over the list (the grid shows several source photographs)."""
+    if count >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(count - 1, 1))] for i in range(count)]
 
 
 def _short(m: Method) -> str:
