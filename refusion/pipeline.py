@@ -9,6 +9,10 @@
   for deterministic regressors (NAFNet, Baseline, HINet, NAFFT-Net); both take a tensor, numpy
   array or PIL image and return the same kind.
 
+Integrity: a folder written by the training engine (model/, best/, scheduler/, autoencoder/) or
+by ``RefusionPipeline.save_pretrained`` carries ``checksums.json`` (sha256 of every file); the
+loaders verify it when present and name a corrupt file.
+
 Tiling and the SDE: the initial state and every step's noise are drawn ONCE for the whole image
 (the scheduler draws at full size); only the noise network runs tile by tile, and the blended
 noise prediction feeds one full-size scheduler step. All tiles therefore share one trajectory.
@@ -72,14 +76,17 @@ def load_network(model_dir: Path):
 
     Weights are read from safetensors only (a pickled .bin/.pt beside them is never opened);
     unreadable, truncated or mismatched weights and non-finite values are a ValueError naming the
-    file.
+    file. A checksums.json in the folder is verified first (a flipped bit raises
+    refusion.training.run_dir.CorruptWeightsError, a ValueError naming the file).
     """
     from refusion.models import MODELS
+    from refusion.training.run_dir import verify_weights_dir
 
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: expected a network saved with save_pretrained")
+    verify_weights_dir(model_dir)
     try:
         with open(config_path, encoding="utf-8") as f:
             class_name = json.load(f).get("_class_name")
@@ -258,6 +265,13 @@ class RefusionPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, autoencoder=autoencoder)
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """diffusers' save_pretrained, then checksums.json (sha256 of every file) for load_pipeline."""
+        from refusion.training.run_dir import write_weights_manifest
+
+        super().save_pretrained(save_directory, **kwargs)
+        write_weights_manifest(Path(save_directory))
+
     def _use_latent(self, latent: bool | None, height: int, width: int, channels: int) -> bool:
         net_ch = network_channels(self.unet)
         if self.autoencoder is None:
@@ -393,7 +407,10 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
     if not path.is_dir():
         raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a training run directory "
                                 f"(runs/<name>) or a directory written by RefusionPipeline.save_pretrained")
+    from refusion.training.run_dir import verify_weights_dir
+
     if _is_pipeline_dir(path):
+        verify_weights_dir(path)      # checksums.json of RefusionPipeline.save_pretrained, when present
         try:
             pipe = RefusionPipeline.from_pretrained(str(path), use_safetensors=True)
         except Exception as exc:  # name the directory whatever part of it is broken
@@ -411,6 +428,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
         if not (sched_dir / "scheduler_config.json").is_file():
             raise FileNotFoundError(f"{sched_dir / 'scheduler_config.json'} is missing: the run directory "
                                     f"{path} is incomplete (an sde run saves its scheduler there)")
+        verify_weights_dir(sched_dir)
         scheduler = IRSDEScheduler.from_pretrained(str(sched_dir))
         ae_dir = path / "autoencoder"
         autoencoder = load_network(ae_dir) if ae_dir.is_dir() else None

@@ -2,11 +2,12 @@
 
 One tiny regressor run (4 steps, checkpoints at 2 and 4) is trained once; every case works on a
 copy: each checkpoint file truncated, bit-flipped or deleted, meta.json broken, files missing from
-the run directory, checkpoints and weights of another architecture, and pickles carrying code
-where our safetensors belong.
+the run directory, checkpoints and weights of another architecture, pickles carrying code where
+our safetensors belong, and a flipped bit in the published weights (model/ checksums.json).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -261,9 +262,8 @@ def _weights(run: Path) -> Path:
     ("pickle_with_code", "safetensors"),
     ("truncated", "diffusion_pytorch_model.safetensors"),
     ("missing", "diffusion_pytorch_model.safetensors"),
-    # model/ carries no checksums: a flipped bit in a weight's value loads silently (docs/reliability.md)
-    pytest.param("bit_flip", "diffusion_pytorch_model.safetensors",
-                 marks=pytest.mark.xfail(strict=True, reason="model/ has no checksums")),
+    # a flipped bit in a weight's value: only the checksums of model/checksums.json can see it
+    ("bit_flip", "diffusion_pytorch_model.safetensors' is corrupt: sha256"),
     ("recipe_with_object_tag", "recipe.yml"),
     ("config_of_another_width", "model"),
 ])
@@ -292,3 +292,61 @@ def test_damaged_or_hostile_run_weights_are_refused_by_restore(run, image, tmp_p
     assert code == 2 and "restore: error:" in err and expected in err, err
     assert not (run / PWNED).exists()
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------- checksums of the published weights
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_published_weights_carry_the_sha256_of_every_file(pristine):
+    manifest = json.loads((pristine / "model" / rd.WEIGHTS_MANIFEST).read_text())
+    files = sorted(p.name for p in (pristine / "model").iterdir() if p.name != rd.WEIGHTS_MANIFEST)
+    assert sorted(manifest["files"]) == files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert all(manifest["files"][name] == _sha256(pristine / "model" / name) for name in files)
+
+
+@pytest.mark.parametrize("name", ["config.json", "diffusion_pytorch_model.safetensors"])
+def test_a_flipped_bit_in_run_weights_is_named_by_every_loader(run, name):
+    from refusion.pipeline import load_network, load_regressor
+
+    path = run / "model" / name
+    expected = _sha256(path)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01             # one low bit: a valid file with a slightly different value
+    path.write_bytes(bytes(raw))
+    found = _sha256(path)
+    message = (f"weight file '{path}' is corrupt: sha256 {found} found, {expected} expected (recorded in "
+               f"'{run / 'model' / rd.WEIGHTS_MANIFEST}')")
+    loaders = [lambda: rd.load_model_dir(run / "model"), lambda: rd.load_autoencoder_run(run),
+               lambda: load_network(run / "model"), lambda: load_regressor(run)]
+    for load in loaders:
+        with pytest.raises(rd.CorruptWeightsError) as info:
+            load()
+        assert message in str(info.value)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, rd.RunDirError)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("delete_listed", "diffusion_pytorch_model.safetensors' listed in"),
+    ("manifest_cut", "checksums.json' is corrupt: not a JSON object with a 'files' mapping"),
+    ("manifest_list", "checksums.json' is corrupt: not a JSON object with a 'files' mapping"),
+])
+def test_a_broken_weights_manifest_or_missing_listed_file_is_named(run, damage, expected):
+    model = run / "model"
+    if damage == "delete_listed":
+        (model / "diffusion_pytorch_model.safetensors").unlink()
+    elif damage == "manifest_cut":
+        raw = (model / rd.WEIGHTS_MANIFEST).read_bytes()
+        (model / rd.WEIGHTS_MANIFEST).write_bytes(raw[: len(raw) // 2])
+    else:
+        (model / rd.WEIGHTS_MANIFEST).write_text('{"files": ["config.json"]}')
+    with pytest.raises(rd.CorruptWeightsError, match=expected.replace(".", r"\.")):
+        rd.load_model_dir(model)
+
+
+def test_weights_without_a_manifest_still_load(run):
+    (run / "model" / rd.WEIGHTS_MANIFEST).unlink()       # e.g. a run written before checksums existed
+    assert type(rd.load_model_dir(run / "model")).__name__ == "NAFNet"

@@ -62,6 +62,16 @@ def test_save_load_round_trip_gives_identical_outputs(pipe, tmp_path):
     again = pipe(lq, num_inference_steps=5, generator=gens(3, 5), output_type="pt", progress=False).images
     assert not torch.allclose(before[1], again[1])          # the seed matters (stochastic sampler)
     assert before.min() >= 0 and before.max() <= 1
+    # save_pretrained writes checksums.json; load_pipeline verifies it and names a damaged file
+    weights = tmp_path / "saved" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.as_posix().endswith("unet/diffusion_pytorch_model.safetensors")
+    listed = json.loads((tmp_path / "saved" / "checksums.json").read_text())["files"]
+    assert "unet/diffusion_pytorch_model.safetensors" in listed and "model_index.json" in listed
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors' is corrupt: sha256"):
+        load_pipeline(tmp_path / "saved")
 
 
 def test_generator_list_makes_each_image_independent_of_the_batch(pipe):

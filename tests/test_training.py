@@ -170,6 +170,18 @@ def test_tiny_regressor_run(data, tmp_path):
     ema = load_file(str(run / "checkpoints/step_00000012/ema.safetensors"))
     saved = load_file(str(run / "model/diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(ema[k], saved[k]) for k in saved)
+    for folder in ("model", "best"):
+        assert_checksums(run / folder)
+
+
+def assert_checksums(folder: Path) -> None:
+    """checksums.json lists the sha256 of every other file of a published weight folder."""
+    import hashlib
+
+    listed = json.loads((folder / "checksums.json").read_text())["files"]
+    present = sorted(p.name for p in folder.iterdir() if p.name != "checksums.json")
+    assert sorted(listed) == present and present, (folder, listed)
+    assert all(listed[name] == hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in present)
 
 
 def test_tiny_sde_run(data, tmp_path):
@@ -186,6 +198,15 @@ def test_tiny_sde_run(data, tmp_path):
     assert after < 0.8 * before, (before, after)
     saved = IRSDEScheduler.from_pretrained(str(run / "scheduler"))
     assert saved.config.num_train_timesteps == 20 and saved.config.max_sigma == 50
+    assert_checksums(run / "scheduler")
+    # an edited scheduler config (one digit of max_sigma) is caught before sampling with it
+    from refusion.pipeline import load_pipeline
+    from refusion.training.run_dir import CorruptWeightsError
+
+    config = run / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"max_sigma": 50', '"max_sigma": 51'))
+    with pytest.raises(CorruptWeightsError, match=r"scheduler_config\.json' is corrupt: sha256 [0-9a-f]{64} found"):
+        load_pipeline(run)
 
 
 def test_tiny_latent_autoencoder_then_latent_sde(data, tmp_path):
@@ -203,6 +224,7 @@ def test_tiny_latent_autoencoder_then_latent_sde(data, tmp_path):
     sde["data"]["val"] = {"gt": str(data / "val/gt"), "lq": str(data / "val/lq"), "max_images": 1}
     run = train(recipe_from_dict(sde))
     frozen = load_model_dir(run / "autoencoder")
+    assert_checksums(run / "autoencoder")
     assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), autoencoder.state_dict().values()))
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["images"] == 1
 

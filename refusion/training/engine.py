@@ -444,7 +444,11 @@ def _save_checkpoint(run: _Run, step: int, position: int) -> None:
 
 
 def _save_run_weights(run: _Run) -> None:
-    """model/ (EMA weights when on), scheduler/, autoencoder/: what inference loads."""
+    """model/ (EMA weights when on), scheduler/, autoencoder/: what inference loads.
+
+    Each folder is published atomically with its checksums.json (run_dir.save_pretrained_atomic),
+    so a bit flip in the weights is found at load time as it is for checkpoints.
+    """
     if not run.accelerator.is_main_process:
         return
     rd.save_pretrained_atomic(run.inference_model, run.run_dir / "model")

@@ -12,7 +12,10 @@
 
 Every directory is written under a temporary name and renamed into place, so after a kill a
 checkpoint or weight folder is either complete or absent; ``meta.json`` lists the sha256 of every
-file of a checkpoint and :func:`verify_checkpoint` checks them before anything is loaded.
+file of a checkpoint and :func:`verify_checkpoint` checks them before anything is loaded. The
+weight folders (model/, best/, scheduler/, autoencoder/) carry ``checksums.json`` in the same
+form, written inside the temporary folder before it is renamed; :func:`verify_weights_dir` checks
+it, and every loader of run weights calls it (folders without one, e.g. older runs, load as before).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ META = "meta.json"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = TMP_PREFIX + "old-"
 STEP_PREFIX = "step_"
+WEIGHTS_MANIFEST = "checksums.json"
 
 
 class RunDirError(RuntimeError):
@@ -40,6 +44,14 @@ class RunDirError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is incomplete, corrupt or belongs to another configuration."""
+
+
+class CorruptWeightsError(RunDirError, ValueError):
+    """A saved weight folder whose files differ from its checksums.json (or are missing).
+
+    A ValueError too, so that the inference loaders keep their contract (bad weights raise
+    ValueError) and tools/restore.py reports it as a usage error.
+    """
 
 
 # --- starting a run -------------------------------------------------------------------------
@@ -270,27 +282,70 @@ def load_rng_state(directory: Path, rank: int) -> None:
 # --- weights of the run ---------------------------------------------------------------------
 
 
+def write_weights_manifest(folder: Path) -> None:
+    """Write ``checksums.json``: the sha256 of every other file under ``folder`` (fsynced first).
+
+    Written through a temporary file and renamed, so a reader sees the old manifest or the new one.
+    """
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != WEIGHTS_MANIFEST):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[path.relative_to(folder).as_posix()] = sha256_file(path)
+    write_text_atomic(folder / WEIGHTS_MANIFEST, json.dumps({"files": files}, indent=2))
+
+
+def verify_weights_dir(folder: Path) -> None:
+    """Check every file listed in ``folder/checksums.json``; nothing to check when it is absent.
+
+    Raises :class:`CorruptWeightsError` naming the file, the expected and the found sha256. Files
+    not listed are not checked (loaders read only config.json and safetensors, which are listed).
+    """
+    folder = Path(folder)
+    manifest = folder / WEIGHTS_MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' is a {type(files).__name__}, not a mapping")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptWeightsError(f"{str(manifest)!r} is corrupt: not a JSON object with a 'files' mapping "
+                                  f"({type(exc).__name__}: {exc}); save the weights again") from exc
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CorruptWeightsError(f"weight file {str(path)!r} listed in {str(manifest)!r} is missing")
+        found = sha256_file(path)
+        if found != expected:
+            raise CorruptWeightsError(
+                f"weight file {str(path)!r} is corrupt: sha256 {found} found, {expected} expected (recorded in "
+                f"{str(manifest)!r}); copy or save the weights again")
+
+
 def save_pretrained_atomic(obj, destination: Path) -> None:
-    """``obj.save_pretrained`` into a temporary folder, then rename it to ``destination``."""
+    """``obj.save_pretrained`` plus checksums.json into a temporary folder, renamed to ``destination``."""
     destination = Path(destination)
     tmp = destination.with_name(TMP_PREFIX + destination.name)
     shutil.rmtree(tmp, ignore_errors=True)
     obj.save_pretrained(str(tmp))
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+    write_weights_manifest(tmp)
     publish_dir(tmp, destination)
 
 
 def load_model_dir(path: Path):
-    """Load a network saved with save_pretrained; the class comes from config.json's _class_name."""
+    """Load a network saved with save_pretrained; the class comes from config.json's _class_name.
+
+    The folder's checksums.json, when there is one, is verified first (CorruptWeightsError).
+    """
     from refusion.models import MODELS
 
     path = Path(path)
     config_path = path / "config.json"
     if not config_path.is_file():
         raise RunDirError(f"{str(path)!r} holds no config.json: not a saved network")
+    verify_weights_dir(path)
     class_name = json.loads(config_path.read_text()).get("_class_name")
     if class_name not in MODELS:
         raise RunDirError(f"{str(config_path)!r}: _class_name {class_name!r} is not a known network; "
