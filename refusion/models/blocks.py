@@ -1,5 +1,6 @@
 """Building blocks shared by the networks: channel LayerNorms, SimpleGate, channel attentions,
-NAFBlock (optionally time-conditioned) and its Baseline variant, sinusoidal time embedding.
+NAFBlock (optionally time-conditioned) and its Baseline variant, sinusoidal time embedding, the
+input of the conditional noise networks.
 
 Every block is written with plain tensor ops (no custom autograd Function) so that autograd,
 fp16/bf16 autocast, torch.compile and ONNX export all work on them. Attribute names follow the
@@ -203,3 +204,26 @@ def as_time_vector(t, batch_size: int, device: torch.device, dtype: torch.dtype 
     if t.shape[0] != batch_size:
         raise ValueError(f"t has {t.shape[0]} entries but the batch has {batch_size} samples")
     return t.to(dtype)
+
+
+def noise_network_input(
+    x_t: torch.Tensor, mu: torch.Tensor, cond: torch.Tensor | None, cond_channels: int, *, owner: str = ""
+) -> torch.Tensor:
+    """``cat([x_t - mu, mu] (+ cond))`` along channels: the input of the conditional noise networks.
+
+    ``cond`` must be (B, cond_channels, H, W) when ``cond_channels > 0`` and absent otherwise;
+    ``owner`` (a class name) prefixes the error messages.
+    """
+    prefix = f"{owner}: " if owner else ""
+    if x_t.shape != mu.shape:
+        raise ValueError(f"{prefix}x_t {tuple(x_t.shape)} and mu {tuple(mu.shape)} must have the same shape")
+    parts = [x_t - mu, mu]
+    if cond_channels:
+        expected = (x_t.shape[0], cond_channels, *x_t.shape[2:])
+        if cond is None or tuple(cond.shape) != expected:
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"{prefix}cond must have shape {expected} (cond_channels={cond_channels}), got {got}")
+        parts.append(cond)
+    elif cond is not None:
+        raise ValueError(f"{prefix}cond was given but the network was built with cond_channels=0")
+    return torch.cat(parts, dim=1)

@@ -13,7 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .blocks import GainLayerNorm2d, NAFBlock, SimpleGate, SinusoidalPosEmb
+from .blocks import GainLayerNorm2d, NAFBlock, SimpleGate, SinusoidalPosEmb, noise_network_input
 from .nafnet import NAFUNetStages, pad_to_multiple
 
 
@@ -71,21 +71,8 @@ class ConditionalNAFNet(ModelMixin, ConfigMixin, NAFUNetStages):
         return self.time_mlp[1:](emb)
 
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if x_t.shape != mu.shape:
-            raise ValueError(f"x_t {tuple(x_t.shape)} and mu {tuple(mu.shape)} must have the same shape")
-        parts = [x_t - mu, mu]
-        n_cond = self.config.cond_channels
-        if n_cond:
-            expected = (x_t.shape[0], n_cond, *x_t.shape[2:])
-            if cond is None or tuple(cond.shape) != expected:
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"cond must have shape {expected} (cond_channels={n_cond}), got {got}")
-            parts.append(cond)
-        elif cond is not None:
-            raise ValueError("cond was given but the network was built with cond_channels=0")
-
         h, w = x_t.shape[-2:]
-        x = pad_to_multiple(torch.cat(parts, dim=1), self.padder_size)
+        x = pad_to_multiple(noise_network_input(x_t, mu, cond, self.config.cond_channels), self.padder_size)
         time_emb = self.embed_time(t, x_t.shape[0], x_t.dtype, x_t.device)
         intro = self.intro(x)
         y = self.run_stages(intro, time_emb)

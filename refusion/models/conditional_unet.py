@@ -12,7 +12,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .blocks import SinusoidalPosEmb, as_time_vector
+from .blocks import SinusoidalPosEmb, as_time_vector, noise_network_input
 from .unet_blocks import ResBlock, attention_layer, default_conv, downsample, pad_to_multiple, upsample
 
 
@@ -70,24 +70,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         self.final_res_block = ResBlock(nf * 2, nf, time_dim)
         self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
 
-    def _network_input(self, x_t: torch.Tensor, mu: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        if x_t.shape != mu.shape:
-            raise ValueError(f"ConditionalUNet: x_t {tuple(x_t.shape)} and mu {tuple(mu.shape)} must have the same shape")
-        parts = [x_t - mu, mu]
-        if self.cond_channels:
-            expected = (x_t.shape[0], self.cond_channels, *x_t.shape[2:])
-            if cond is None or tuple(cond.shape) != expected:
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"ConditionalUNet: cond must have shape {expected} (cond_channels={self.cond_channels}), got {got}")
-            parts.append(cond)
-        elif cond is not None:
-            raise ValueError("ConditionalUNet: cond was given but the network was built with cond_channels=0")
-        return torch.cat(parts, dim=1)
-
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise in x_t; ``t`` is an int, a float, a 0-d or a per-sample (B,) tensor."""
         h, w = x_t.shape[-2:]
-        x = pad_to_multiple(self._network_input(x_t, mu, cond), 2**self.depth)
+        x = noise_network_input(x_t, mu, cond, self.cond_channels, owner="ConditionalUNet")
+        x = pad_to_multiple(x, 2**self.depth)
         x = self.init_conv(x)
         x_init = x
 
