@@ -11,7 +11,9 @@
 
 Integrity: a folder written by the training engine (model/, best/, scheduler/, autoencoder/) or
 by ``RefusionPipeline.save_pretrained`` carries ``checksums.json`` (sha256 of every file); the
-loaders verify it when present and name a corrupt file.
+loaders verify it when present and name a corrupt file. Sampling raises FloatingPointError when
+the network produces NaN/Inf instead of returning an arbitrary clamped image (see
+:func:`sde_sample` for how the check avoids a host synchronisation per step).
 
 Tiling and the SDE: the initial state and every step's noise are drawn ONCE for the whole image
 (the scheduler draws at full size); only the noise network runs tile by tile, and the blended
@@ -217,6 +219,12 @@ def sde_sample(
     ``noise_fn(x_t, mu, t)`` (plus ``cond=`` when given) predicts the noise, ``t`` a (B,) int64
     tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
     the network runs tile-wise on the full-size state; the noise is drawn at full size.
+
+    A network output with NaN/Inf raises FloatingPointError naming the first such step. The check
+    never stops the device mid-loop: each step folds ``isfinite(noise).all()`` into a device-side
+    "first bad step" index (one elementwise pass, no host sync) and the host reads it once, with
+    the finiteness of the final state, after the loop. The cost is the wasted remaining steps when
+    the output goes bad early, against a synchronisation per step otherwise.
     """
     batch = mu.shape[0]
     _check_generator(generator, batch)
@@ -224,7 +232,8 @@ def sde_sample(
     steps = [int(t) for t in scheduler.timesteps]
     x = scheduler.initial_sample(mu, generator=generator)
     inputs = [mu] if cond is None else [mu, cond]
-    for t in progress(steps):
+    first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
+    for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
         def predict(x_t, mu_t, cond_t=None):
@@ -236,8 +245,31 @@ def sde_sample(
             noise_pred = tiled_apply(predict, [x, *inputs], tile_size, tile_overlap, multiple)
         else:
             noise_pred = predict(x, *inputs)
+        bad = ~torch.isfinite(noise_pred).all()
+        first_bad = torch.where(bad & (first_bad < 0), index, first_bad)
         x = scheduler.step(noise_pred, t, x, mu=mu, generator=generator).prev_sample
+    bad_index = int(first_bad)                                           # the one host sync
+    if bad_index >= 0:
+        raise FloatingPointError(
+            f"the noise network returned NaN or Inf at sampling step {bad_index + 1} of {len(steps)} "
+            f"(timestep {steps[bad_index]}); {nonfinite_hint(half)}")
+    check_finite(x, "the sampled image (final SDE state)", half)
     return x
+
+
+def nonfinite_hint(half: bool) -> str:
+    """The likely causes of a NaN/Inf network output, for the error message."""
+    if half:
+        return ("with half precision the likely cause is a float16/bfloat16 overflow: run without half=True "
+                "(--half); otherwise the weights may be corrupt")
+    return ("the weights are likely corrupt (or were damaged in memory); if the network ran in float16 "
+            "elsewhere, run it in float32 (without --half)")
+
+
+def check_finite(tensor: torch.Tensor, what: str, half: bool) -> None:
+    """FloatingPointError when ``tensor`` holds NaN/Inf (one reduction, one host sync)."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise FloatingPointError(f"{what} holds NaN or Inf values; {nonfinite_hint(half)}")
 
 
 def _format_output(images: torch.Tensor, output_type: str):
@@ -390,6 +422,7 @@ class RefusionPipeline(DiffusionPipeline):
                 out = ae.decode_from_lq(latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
             else:
                 out = ae.decode(latent_x0, skips)
+        check_finite(out, "the autoencoder's decoded image", half)
         return out.float()
 
 
@@ -565,6 +598,7 @@ def restore(
 
     with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
         out = tiled_apply(run, x, tile_size, tile_overlap, multiple, progress=progress) if tile_size else run(x)
+        check_finite(out, f"the output of the {type(model).__name__} network", half)
     return from_batch(out.clamp(0.0, 1.0), kind)
 
 

@@ -3,7 +3,8 @@ images and NaN weights at inference.
 
 Policy (docs/reliability.md): training stops before the bad update with the step and the batch's
 files named and the last good checkpoint intact, and resumes from it; inference refuses NaN/Inf
-inputs, clamps float values outside [0, 1] with a warning, and never writes a non-finite result.
+inputs, clamps float values outside [0, 1] with a warning, and a NaN/Inf network output raises
+FloatingPointError (naming the sampling step) instead of becoming a clamped garbage image.
 """
 from __future__ import annotations
 
@@ -176,12 +177,86 @@ def test_sampling_refuses_nan_and_clamps_out_of_range_inputs(sde_pipe):
             sde_pipe(poisoned, num_inference_steps=3, output_type="np", progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="the pipeline does not check its output yet")
 def test_sampling_with_nan_weights_raises_instead_of_returning_garbage(sde_pipe):
     with torch.no_grad():
         sde_pipe.unet.ending.bias.fill_(float("nan"))
     x = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        with pytest.raises(FloatingPointError, match=r"returned NaN or Inf at sampling step 1 of 3 \(timestep "
+                                                     r"\d+\); the weights are likely corrupt"):
             sde_pipe(x, num_inference_steps=3, output_type="pil", progress=False)
+
+
+class NaNAtCall(torch.nn.Module):
+    """A noise network whose output holds one NaN (or Inf) at its ``bad_call``-th call only."""
+
+    def __init__(self, net, bad_call: int, value: float = float("nan")):
+        super().__init__()
+        self.net, self.bad_call, self.value, self.calls, self.timesteps = net, bad_call, value, 0, []
+
+    def forward(self, x, mu, t, **kwargs):
+        self.calls += 1
+        self.timesteps.append(int(t[0]))
+        out = self.net(x, mu, t, **kwargs)
+        if self.calls == self.bad_call:
+            out = out.clone()
+            out[0, 1, 2, 3] = self.value
+        return out
+
+
+@pytest.mark.parametrize("bad_call, value, half", [(2, float("nan"), False), (4, float("inf"), True)])
+def test_the_first_non_finite_step_is_named(sde_pipe, bad_call, value, half):
+    from refusion.pipeline import sample
+    from refusion.schedulers.ir_sde import IRSDEScheduler
+
+    net = NaNAtCall(sde_pipe.unet, bad_call, value)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(FloatingPointError) as info:
+        sample(lq, steps=5, model=net, scheduler=IRSDEScheduler(num_train_timesteps=10, sampler="ode"),
+               progress=False, half=half)
+    assert net.calls == 5       # no host sync per step: the loop runs to the end, then the one check
+    message = str(info.value)
+    assert f"at sampling step {bad_call} of 5 (timestep {net.timesteps[bad_call - 1]})" in message, message
+    hint = "float16/bfloat16 overflow: run without half=True (--half)" if half else "weights are likely corrupt"
+    assert hint in message, message
+
+
+def test_a_regressor_returning_nan_raises():
+    from refusion.pipeline import restore
+
+    net = _NaNForBrightImages()
+    with pytest.raises(FloatingPointError, match="the output of the _NaNForBrightImages network holds NaN or Inf"):
+        restore(torch.full((1, 3, 16, 16), 0.9), model=net, progress=False)
+    dark = restore(torch.full((1, 3, 16, 16), 0.1), model=net, progress=False)
+    assert torch.isfinite(dark).all()
+
+
+class _NaNForBrightImages(torch.nn.Module):
+    """A regressor that overflows (NaN) on bright inputs only: a per-image numerical failure."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        from refusion.models.nafnet import NAFNet
+
+        self.net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+
+    def forward(self, x):
+        out = self.net(x)
+        return torch.where(x.mean() > 0.5, torch.full_like(out, float("nan")), out)
+
+
+def test_restore_command_reports_a_nan_result_as_failed_and_goes_on(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "in"
+    write_image(folder / "bright.png", np.full((16, 16, 3), 0.9))
+    write_image(folder / "dark.png", np.full((16, 16, 3), 0.1))
+    tool = _restore_tool()
+    monkeypatch.setattr(tool, "load_model", lambda *args: ("regressor", _NaNForBrightImages()))
+    out = tmp_path / "out"
+    code = tool.main([str(folder), "-o", str(out), "--model", str(_regressor_dir(tmp_path / "net")),
+                      "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1 and "1 of 2 images restored" in captured.out, captured
+    assert f"failed: {folder / 'bright.png'}: FloatingPointError: the output of the" in captured.err, captured.err
+    assert [p.name for p in out.iterdir()] == ["dark.png"]

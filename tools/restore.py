@@ -10,7 +10,8 @@ pipeline saved with RefusionPipeline.save_pretrained, or a saved regressor direc
 
 Output files keep the input file name and bit depth (16-bit in, 16-bit out). Formats the writer
 does not support (BMP, WebP, PPM/PGM) are written as PNG with ".png" appended ("a.bmp" ->
-"a.bmp.png"). Unreadable or failing images are reported and skipped; the batch goes on and the
+"a.bmp.png"). Unreadable or failing images (including a NaN/Inf network output, e.g. a float16
+overflow with --half) are reported and skipped, nothing is written for them; the batch goes on and the
 exit status is 1 when any image failed (2 for usage errors). Inputs are never overwritten: the
 command refuses an output folder that is the input folder or where an output would replace an
 input file.
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             image = read_image(src)
             bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
             write_image(dst, restore_one(kind, model, image, args, device), bit_depth=bit_depth)
-        except (ImageReadError, ValueError, RuntimeError, MemoryError, OSError) as exc:
-            # one bad file (or one image too large for memory) must not stop the batch
+        except (ImageReadError, ValueError, RuntimeError, MemoryError, OSError, FloatingPointError) as exc:
+            # one bad file, one image too large for memory or a NaN/Inf result must not stop the batch
             failures.append((src, f"{type(exc).__name__}: {exc}"))
             tqdm.write(f"restore: skipped {src}: {exc}", file=sys.stderr)
     seconds = time.perf_counter() - start
