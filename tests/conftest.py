@@ -20,3 +20,22 @@ def empty_weight_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REFUSION_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path
+
+
+@pytest.fixture()
+def pretrained_round_trip(tmp_path):
+    """``check(model, model_class, forward)``: ``model.save_pretrained`` then
+    ``model_class.from_pretrained`` gives the same public config and, bit for bit, the same
+    ``forward(net, x)`` on a random (2, 3, 16, 16) input."""
+
+    def check(model, model_class, forward) -> None:
+        model.save_pretrained(tmp_path)
+        assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+        loaded = model_class.from_pretrained(tmp_path).eval()
+        public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+        assert public(loaded.config) == public(model.config)
+        x = torch.rand(2, 3, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(forward(loaded, x), forward(model, x))
+
+    return check

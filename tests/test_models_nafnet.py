@@ -210,16 +210,8 @@ def test_layer_norm_2d_is_the_per_pixel_channel_layer_norm():
 
 
 @pytest.mark.parametrize("name", ["NAFNet", "Baseline", "NAFFTNet", "ConditionalNAFNet"])
-def test_save_pretrained_round_trip(tmp_path, name):
-    model = small_models()[name].eval()
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
-    loaded = MODELS[name].from_pretrained(tmp_path).eval()
-    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
-    assert public(loaded.config) == public(model.config)
-    x = torch.rand(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(run(name, loaded, x), run(name, model, x))
+def test_save_pretrained_round_trip(pretrained_round_trip, name):
+    pretrained_round_trip(small_models()[name].eval(), MODELS[name], lambda net, x: run(name, net, x))
     assert type(build_model(name, **SMALL)) is MODELS[name]
 
 

@@ -216,18 +216,10 @@ def test_bf16_autocast_is_finite(name):
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_save_and_load_pretrained_round_trip(name, tmp_path):
+def test_save_and_load_pretrained_round_trip(name, pretrained_round_trip):
     torch.manual_seed(0)
     build, loss_fn = SMALL[name]
-    net = build().eval()
-    net.save_pretrained(tmp_path)
-    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
-    loaded = MODELS[name].from_pretrained(tmp_path).eval()
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-    assert public(loaded.config) == public(net.config)
-    x = torch.rand(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loss_fn(loaded, x), loss_fn(net, x))
+    pretrained_round_trip(build().eval(), MODELS[name], loss_fn)
 
 
 def test_table_builds_each_network():
