@@ -76,9 +76,9 @@ def plot_steps_vs_quality(rows: Sequence[dict], path: Path) -> Path | None:
     for r in rows:
         if r["kind"] == "sde":
             curves.setdefault(f"{r['run']} / {r['sampler']}", []).append(r)
-    curves = {k: sorted(v, key=lambda r: r["nfe"]) for k, v in curves.items() if len(v) > 1}
-    if not curves:
-        return None
+    curves = {k: sorted(v, key=lambda r: r["nfe"]) for k, v in curves.items()}
+    if not any(len(v) > 1 for v in curves.values()):
+        return None  # no step-count sweep to show
     regressors = [r for r in rows if r["kind"] == "regressor"]
     has_lpips = any(r.get("lpips") is not None for v in curves.values() for r in v)
     ncols = 2 if has_lpips else 1
