@@ -160,8 +160,8 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -
         raise ImageReadError(
             path,
             f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
-            f"{max_pixels / 1e6:.1f} megapixels (possible decompression bomb); raise max_pixels "
-            f"(or refusion.image_io.MAX_IMAGE_PIXELS) to read it",
+            f"{max_pixels / 1e6:.1f} megapixels (possible decompression bomb); pass a larger "
+            f"max_pixels= to read_image to read it",
         )
     if width <= 0 or height <= 0:
         raise ImageReadError(path, f"image has zero size ({width}x{height})")
