@@ -191,6 +191,18 @@ def test_half_precision_autocast_has_no_nan(dtype):
         assert out.shape == x.shape and torch.isfinite(out).all(), name
 
 
+def test_bfloat16_weights_run_and_stay_close_to_float32():
+    """Networks cast whole to bfloat16 (the fast CPU inference path) run, with a bf16-sized error."""
+    x = torch.rand(2, 3, 19, 21)
+    for name, model in small_models().items():
+        model = model.eval()
+        with torch.no_grad():
+            ref = run(name, model, x)
+            out = run(name, model.to(torch.bfloat16), x.to(torch.bfloat16)).float()
+        assert torch.isfinite(out).all(), name
+        assert (out - ref).abs().max() < 0.1 * ref.abs().max().clamp_min(1.0), name
+
+
 def test_torch_compile_matches_eager():
     model = NAFNet(width=8, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
     x = torch.rand(1, 3, 16, 20)

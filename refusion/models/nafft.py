@@ -42,7 +42,7 @@ class FFTSkipBlock(nn.Module):
         # FFTs have no half-precision CPU kernels and lose accuracy there: run them in float32
         work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         spec = torch.fft.rfft2(work, norm="ortho")
-        y = self.conv2(self.act(self.conv1(torch.cat([spec.real, spec.imag], dim=1))))
+        y = self.conv2(self.act(self.conv1(torch.cat([spec.real, spec.imag], dim=1).to(self.conv1.weight.dtype))))
         real, imag = y.to(work.dtype).chunk(2, dim=1)
         out = torch.fft.irfft2(torch.complex(real, imag), s=(h, w), norm="ortho").to(x.dtype)
         return x + out if self.residual else out
