@@ -1,8 +1,18 @@
-"""SHA-256 of files: run-directory manifests, downloaded weights and dataset manifests."""
+"""SHA-256 of files and the checksums.json manifests of saved weight folders.
+
+Used by run directories (model/, best/, scheduler/, autoencoder/), saved pipelines, the LPIPS
+sdist check and dataset manifests; neutral ground, so inference need not import training.
+"""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from pathlib import Path
+
+from refusion.errors import CorruptWeightsError
+
+WEIGHTS_MANIFEST = "checksums.json"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -12,3 +22,50 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_weights_manifest(folder: Path) -> None:
+    """Write ``checksums.json``: the sha256 of every other file under ``folder`` (fsynced first).
+
+    Written through a temporary file and renamed, so a reader sees the old manifest or the new one.
+    """
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != WEIGHTS_MANIFEST):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[path.relative_to(folder).as_posix()] = sha256_file(path)
+    tmp = folder / (".tmp-" + WEIGHTS_MANIFEST)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"files": files}, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / WEIGHTS_MANIFEST)
+
+
+def verify_weights_dir(folder: Path) -> None:
+    """Check every file listed in ``folder/checksums.json``; nothing to check when it is absent.
+
+    Raises :class:`CorruptWeightsError` naming the file, the expected and the found sha256. Files
+    not listed are not checked (loaders read only config.json and safetensors, which are listed).
+    """
+    folder = Path(folder)
+    manifest = folder / WEIGHTS_MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError(f"'files' is a {type(files).__name__}, not a mapping")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptWeightsError(f"{str(manifest)!r} is corrupt: not a JSON object with a 'files' mapping "
+                                  f"({type(exc).__name__}: {exc}); save the weights again") from exc
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CorruptWeightsError(f"weight file {str(path)!r} listed in {str(manifest)!r} is missing")
+        found = sha256_file(path)
+        if found != expected:
+            raise CorruptWeightsError(
+                f"weight file {str(path)!r} is corrupt: sha256 {found} found, {expected} expected (recorded in "
+                f"{str(manifest)!r}); copy or save the weights again")

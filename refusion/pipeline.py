@@ -32,6 +32,7 @@ import yaml
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from refusion.checksums import verify_weights_dir, write_weights_manifest
 from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.tiling import tiled_apply, validate_tiling
@@ -79,10 +80,9 @@ def load_network(model_dir: Path):
     Weights are read from safetensors only (a pickled .bin/.pt beside them is never opened);
     unreadable, truncated or mismatched weights and non-finite values are a ValueError naming the
     file. A checksums.json in the folder is verified first (a flipped bit raises
-    refusion.training.run_dir.CorruptWeightsError, a ValueError naming the file).
+    refusion.errors.CorruptWeightsError, a ValueError naming the file).
     """
     from refusion.models import MODELS
-    from refusion.training.run_dir import verify_weights_dir
 
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
@@ -299,7 +299,6 @@ class RefusionPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """diffusers' save_pretrained, then checksums.json (sha256 of every file) for load_pipeline."""
-        from refusion.training.run_dir import write_weights_manifest
 
         super().save_pretrained(save_directory, **kwargs)
         write_weights_manifest(Path(save_directory))
@@ -440,7 +439,6 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
     if not path.is_dir():
         raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a training run directory "
                                 f"(runs/<name>) or a directory written by RefusionPipeline.save_pretrained")
-    from refusion.training.run_dir import verify_weights_dir
 
     if _is_pipeline_dir(path):
         verify_weights_dir(path)      # checksums.json of RefusionPipeline.save_pretrained, when present

@@ -5,7 +5,7 @@
 <run>/model/                save_pretrained of the network (EMA weights when EMA is on)
 <run>/scheduler/            save_pretrained of the IRSDEScheduler (sde runs)
 <run>/autoencoder/          save_pretrained of the frozen LatentUNet (latent sde runs)
-<run>/checkpoints/step_XXXXXXXX/   accelerate state + ema + rng + meta.json (sha256 of every file)
+<run>/checkpoints/step_<8-digit step>/   accelerate state + ema + rng + meta.json (sha256 of every file)
 <run>/best/                 weights of the best validation PSNR
 <run>/logs/  <run>/metrics.jsonl
 ```
@@ -29,30 +29,23 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from refusion.checksums import sha256_file
+from refusion.checksums import (  # noqa: F401 - re-exported: the run's weight manifests
+    WEIGHTS_MANIFEST,
+    sha256_file,
+    verify_weights_dir,
+    write_weights_manifest,
+)
+from refusion.errors import CorruptWeightsError, RunDirError  # noqa: F401 - re-exported
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = TMP_PREFIX + "old-"
 STEP_PREFIX = "step_"
-WEIGHTS_MANIFEST = "checksums.json"
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be started, resumed or loaded as asked."""
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is incomplete, corrupt or belongs to another configuration."""
-
-
-class CorruptWeightsError(RunDirError, ValueError):
-    """A saved weight folder whose files differ from its checksums.json (or are missing).
-
-    A ValueError too, so that the inference loaders keep their contract (bad weights raise
-    ValueError) and tools/restore.py reports it as a usage error.
-    """
 
 
 # --- starting a run -------------------------------------------------------------------------
@@ -275,48 +268,6 @@ def load_rng_state(directory: Path, rank: int) -> None:
 
 
 # --- weights of the run ---------------------------------------------------------------------
-
-
-def write_weights_manifest(folder: Path) -> None:
-    """Write ``checksums.json``: the sha256 of every other file under ``folder`` (fsynced first).
-
-    Written through a temporary file and renamed, so a reader sees the old manifest or the new one.
-    """
-    folder = Path(folder)
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != WEIGHTS_MANIFEST):
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-        files[path.relative_to(folder).as_posix()] = sha256_file(path)
-    write_text_atomic(folder / WEIGHTS_MANIFEST, json.dumps({"files": files}, indent=2))
-
-
-def verify_weights_dir(folder: Path) -> None:
-    """Check every file listed in ``folder/checksums.json``; nothing to check when it is absent.
-
-    Raises :class:`CorruptWeightsError` naming the file, the expected and the found sha256. Files
-    not listed are not checked (loaders read only config.json and safetensors, which are listed).
-    """
-    folder = Path(folder)
-    manifest = folder / WEIGHTS_MANIFEST
-    if not manifest.is_file():
-        return
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
-            raise TypeError(f"'files' is a {type(files).__name__}, not a mapping")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CorruptWeightsError(f"{str(manifest)!r} is corrupt: not a JSON object with a 'files' mapping "
-                                  f"({type(exc).__name__}: {exc}); save the weights again") from exc
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise CorruptWeightsError(f"weight file {str(path)!r} listed in {str(manifest)!r} is missing")
-        found = sha256_file(path)
-        if found != expected:
-            raise CorruptWeightsError(
-                f"weight file {str(path)!r} is corrupt: sha256 {found} found, {expected} expected (recorded in "
-                f"{str(manifest)!r}); copy or save the weights again")
 
 
 def save_pretrained_atomic(obj, destination: Path) -> None:
