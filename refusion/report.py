@@ -51,19 +51,29 @@ def write_tables(rows: Sequence[dict], out_dir: Path, *, notes: Sequence[str] = 
 
 
 def plot_psnr_vs_lpips(rows: Sequence[dict], path: Path) -> Path | None:
-    """Scatter of fidelity (PSNR, right is better) against perceptual distance (LPIPS, down is better)."""
+    """Scatter of fidelity (PSNR, right is better) against perceptual distance (LPIPS, down is better).
+
+    Methods are told apart by a legend rather than text next to the points: sampler settings of one
+    run often land within a few hundredths of a dB of each other. The degraded input is given in
+    the title, not plotted, so that it does not squeeze the methods into one corner.
+    """
     points = [r for r in rows if r.get("lpips") is not None and r.get("psnr") is not None]
-    if not points:
+    methods = [r for r in points if r["kind"] != "input"]
+    if not methods:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for r in points:
-        marker = "o" if r["kind"] == "sde" else "s"
-        ax.scatter(r["psnr"], r["lpips"], marker=marker, s=60)
-        ax.annotate(r["method"], (r["psnr"], r["lpips"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in methods:
+        ax.scatter(r["psnr"], r["lpips"], marker="o" if r["kind"] == "sde" else "s", s=60, alpha=0.8,
+                   label=r["method"])
+    title = "Fidelity vs perceptual quality (o: SDE, s: regressor)"
+    inputs = [r for r in points if r["kind"] == "input"]
+    if inputs:
+        title += f"\ninput (LQ): PSNR {inputs[0]['psnr']:.2f} dB, LPIPS {inputs[0]['lpips']:.4f}"
     ax.set_xlabel("PSNR (dB) — higher is better")
     ax.set_ylabel("LPIPS — lower is better")
-    ax.set_title("Fidelity vs perceptual quality (o: SDE, s: regressor)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
