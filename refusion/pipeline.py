@@ -7,7 +7,9 @@
   ``RefusionPipeline.save_pretrained``.
 - ``sample(lq, model=...)`` / ``restore(lq, model=...)`` are the one-line forms for SDE runs and
   for deterministic regressors (NAFNet, Baseline, HINet, NAFFT-Net); both take a tensor, numpy
-  array or PIL image and return the same kind.
+  array or PIL image and return the same kind. ``restore`` lives in refusion.restoration, the
+  loaders in refusion.loading, the half-precision path in refusion.precision; all are importable
+  from here as before.
 
 Integrity: a folder written by the training engine (model/, best/, scheduler/, autoencoder/) or
 by ``RefusionPipeline.save_pretrained`` carries ``checksums.json`` (sha256 of every file); the
@@ -21,19 +23,22 @@ noise prediction feeds one full-size scheduler step. All tiles therefore share o
 """
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import yaml
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from refusion.checksums import verify_weights_dir, write_weights_manifest
 from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
+# re-exported: callers import the loaders, restore and the checks from refusion.pipeline
+from refusion.loading import (REGRESSOR_NAMES, WEIGHTS_NAME, load_network, load_regressor,  # noqa: F401
+                              network_channels, own_memory, read_run_task, spatial_multiple, weights_dir)
+from refusion.precision import (HalfPrecisionNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
+                                to_float32)
+from refusion.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.tiling import tiled_apply, validate_tiling
 
@@ -50,148 +55,12 @@ LATENT_AE_OVERLAP = 128
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-# networks that map an image to its restoration in one pass (refusion.restore)
-REGRESSOR_NAMES = ("NAFNet", "Baseline", "HINet", "NAFFTNet")
-
-
-def read_run_task(run_dir: Path) -> str:
-    """The ``task:`` of a training run directory's recipe.yml (sde | regressor | latent_autoencoder)."""
-    recipe_path = run_dir / "recipe.yml"
-    if not recipe_path.is_file():
-        raise FileNotFoundError(f"{recipe_path} not found: {run_dir} is neither a training run directory "
-                                f"(recipe.yml, model/) nor a saved pipeline (model_index.json)")
-    try:
-        with open(recipe_path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)            # safe loader: object tags are refused
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{recipe_path}: cannot read the recipe ({type(exc).__name__}: {exc})") from exc
-    task = recipe.get("task") if isinstance(recipe, dict) else None
-    if task not in ("sde", "regressor", "latent_autoencoder"):
-        raise ValueError(f"{recipe_path}: task must be sde, regressor or latent_autoencoder, got {task!r}")
-    return task
-
-
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
-def load_network(model_dir: Path):
-    """A network saved with save_pretrained: config.json "_class_name" picks the class in MODELS.
-
-    Weights are read from safetensors only (a pickled .bin/.pt beside them is never opened);
-    unreadable, truncated or mismatched weights and non-finite values are a ValueError naming the
-    file. A checksums.json in the folder is verified first (a flipped bit raises
-    refusion.errors.CorruptWeightsError, a ValueError naming the file).
-    """
-    from refusion.models import MODELS
-
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: expected a network saved with save_pretrained")
-    verify_weights_dir(model_dir)
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            class_name = json.load(f).get("_class_name")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{config_path}: not a readable network config ({exc})") from exc
-    if class_name not in MODELS:
-        raise ValueError(f"{config_path}: _class_name {class_name!r} is not a refusion network; "
-                         f"known: {sorted(MODELS)}")
-    weights = model_dir / WEIGHTS_NAME
-    if not weights.is_file() and not weights.with_name(WEIGHTS_NAME + ".index.json").is_file():
-        raise FileNotFoundError(f"{weights} is missing: weights are read from safetensors only "
-                                f"(pickled .bin/.pt files are never loaded)")
-    try:
-        net = MODELS[class_name].from_pretrained(str(model_dir), use_safetensors=True)
-    except Exception as exc:  # truncated file, wrong shapes for the config, ...: name the files
-        raise ValueError(f"cannot load the {class_name} network from {weights} with {config_path}: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    for name, tensor in net.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{weights}: tensor {name!r} holds NaN or Inf values (corrupt weights)")
-    return _own_memory(net.eval())
-
-
-def _own_memory(module: torch.nn.Module) -> torch.nn.Module:
-    """Copy loaded weights out of the file mapping into freshly allocated (aligned) memory.
-
-    safetensors tensors can sit at odd offsets of a memory-mapped file; CPU kernels then take
-    other vectorisation paths and round differently, so a loaded network would not reproduce the
-    saved one bit for bit. The copy also detaches the weights from the file on disk.
-    """
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
-    return module
-
-
-def _weights_dir(run_dir: Path, weights: str) -> Path:
-    """model/ (final, EMA when on) or best/ (best validation PSNR) of a run directory."""
-    if weights not in ("model", "best"):
-        raise ValueError(f"weights must be 'model' (final weights) or 'best' (best validation PSNR), got {weights!r}")
-    return run_dir / weights
-
-
-def load_regressor(path: str | Path, *, weights: str = "model"):
-    """A regressor from a run directory (task: regressor) or a directory holding config.json + weights.
-
-    ``weights``: "model" (the run's final weights) or "best" (best validation PSNR) of a run.
-    """
-    path = Path(path)
-    if (path / "config.json").is_file():
-        net = load_network(path)
-    elif not path.is_dir():
-        raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a regressor run directory")
-    else:
-        task = read_run_task(path)
-        if task != "regressor":
-            raise ValueError(f"{path} is a {task!r} run; refusion.restore needs a regressor run "
-                             f"(use refusion.sample for sde runs)")
-        net = load_network(_weights_dir(path, weights))
-    if type(net).__name__ not in REGRESSOR_NAMES:
-        raise ValueError(f"{path} holds a {type(net).__name__}, not a regressor ({', '.join(REGRESSOR_NAMES)})")
-    return net
-
-
-def _config(net) -> dict:
-    config = getattr(net, "config", None)
-    return dict(config) if config is not None else {}
-
-
-def spatial_multiple(net) -> int:
-    """The side multiple a network pads to (2^levels), so tiles need no padding; 8 when unknown."""
-    config = _config(net)
-    if "enc_blk_nums" in config:                    # NAFNet family, ConditionalNAFNet
-        return 2 ** len(config["enc_blk_nums"])
-    if "nf" in config and "depth" in config:        # ConditionalUNet
-        return 2 ** config["depth"]
-    if "wf" in config and "depth" in config:        # HINet
-        return 2 ** (config["depth"] - 1)
-    return 8
-
-
-def network_channels(net) -> int | None:
-    """Image channels a network takes (None when it does not say)."""
-    config = _config(net)
-    for key in ("img_channel", "in_nc", "in_chn"):
-        if key in config:
-            return int(config[key])
-    return None
-
-
 @dataclass
 class RefusionPipelineOutput(BaseOutput):
     """``images``: list of PIL images, numpy (B, H, W, C) float32, or torch (B, C, H, W), in [0, 1]."""
 
     images: Any
 
-
-def half_precision(device: torch.device, enabled: bool):
-    """Autocast for the network calls: bfloat16 on CPU, float16 on CUDA; the SDE state stays float32."""
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _check_generator(generator: Generator, batch: int) -> None:
@@ -220,6 +89,10 @@ def sde_sample(
     tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
     the network runs tile-wise on the full-size state; the noise is drawn at full size.
 
+    ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights cast
+    once for the whole run, and inputs cast at each call (refusion.precision.HalfPrecisionNetwork;
+    ``noise_fn`` itself is not changed); the state and the scheduler arithmetic stay float32.
+
     A network output with NaN/Inf raises FloatingPointError naming the first such step. The check
     never stops the device mid-loop: each step folds ``isfinite(noise).all()`` into a device-side
     "first bad step" index (one elementwise pass, no host sync) and the host reads it once, with
@@ -233,13 +106,14 @@ def sde_sample(
     x = scheduler.initial_sample(mu, generator=generator)
     inputs = [mu] if cond is None else [mu, cond]
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
+    # half: the weights are cast once here, each call's inputs once per call; the state stays float32
+    net = HalfPrecisionNetwork(noise_fn, mu.device) if half else noise_fn
     for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
         def predict(x_t, mu_t, cond_t=None):
-            with half_precision(mu.device, half):
-                out = noise_fn(x_t, mu_t, t_batch) if cond_t is None else noise_fn(x_t, mu_t, t_batch, cond=cond_t)
-            return out.float()
+            out = net(x_t, mu_t, t_batch) if cond_t is None else net(x_t, mu_t, t_batch, cond=cond_t)
+            return to_float32(out)
 
         if tile_size:
             noise_pred = tiled_apply(predict, [x, *inputs], tile_size, tile_overlap, multiple)
@@ -255,21 +129,6 @@ def sde_sample(
             f"(timestep {steps[bad_index]}); {nonfinite_hint(half)}")
     check_finite(x, "the sampled image (final SDE state)", half)
     return x
-
-
-def nonfinite_hint(half: bool) -> str:
-    """The likely causes of a NaN/Inf network output, for the error message."""
-    if half:
-        return ("with half precision the likely cause is a float16/bfloat16 overflow: run without half=True "
-                "(--half); otherwise the weights may be corrupt")
-    return ("the weights are likely corrupt (or were damaged in memory); if the network ran in float16 "
-            "elsewhere, run it in float32 (without --half)")
-
-
-def check_finite(tensor: torch.Tensor, what: str, half: bool) -> None:
-    """FloatingPointError when ``tensor`` holds NaN/Inf (one reduction, one host sync)."""
-    if not bool(torch.isfinite(tensor).all()):
-        raise FloatingPointError(f"{what} holds NaN or Inf values; {nonfinite_hint(half)}")
 
 
 def _format_output(images: torch.Tensor, output_type: str):
@@ -400,12 +259,14 @@ class RefusionPipeline(DiffusionPipeline):
         if ae_tile:
             ae_tile = max(factor, ae_tile // factor * factor)
             ae_overlap = -(-max(tile_overlap, LATENT_AE_OVERLAP) // factor) * factor
-        with half_precision(lq.device, half):
-            if ae_tile:
-                mu, skips = ae.encode_tiled(lq, tile=ae_tile, overlap=ae_overlap, return_skips=False)
-            else:
-                mu, skips = ae.encode(lq)
-        mu = mu.float()
+        # half: one bf16/fp16 channels_last copy of the weights serves encode and decode; the skips
+        # stay in half precision between them (decode takes them as they are)
+        run = HalfPrecisionNetwork(ae, lq.device).call if half else (lambda method, *a, **k: getattr(ae, method)(*a, **k))
+        if ae_tile:
+            mu, skips = run("encode_tiled", lq, tile=ae_tile, overlap=ae_overlap, return_skips=False)
+        else:
+            mu, skips = run("encode", lq)
+        mu = to_float32(mu)
         if cond is not None:
             cond = torch.nn.functional.interpolate(cond, size=mu.shape[-2:], mode="area")
         multiple = spatial_multiple(self.unet)
@@ -416,13 +277,12 @@ class RefusionPipeline(DiffusionPipeline):
         latent_x0 = sde_sample(self.unet, scheduler, mu, num_inference_steps=steps, generator=generator,
                                tile_size=latent_tile, tile_overlap=latent_overlap or 0, multiple=multiple,
                                cond=cond, progress=bar, half=half)
-        with half_precision(lq.device, half):
-            if ae_tile:
-                out = ae.decode_from_lq(latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
-            else:
-                out = ae.decode(latent_x0, skips)
+        if ae_tile:
+            out = run("decode_from_lq", latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
+        else:
+            out = run("decode", latent_x0, skips)
         check_finite(out, "the autoencoder's decoded image", half)
-        return out.float()
+        return to_float32(out)
 
 
 def _is_pipeline_dir(path: Path) -> bool:
@@ -448,7 +308,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
             raise ValueError(f"cannot load the pipeline saved in {path}: {type(exc).__name__}: {exc}") from exc
         for module in (pipe.unet, pipe.autoencoder):
             if module is not None:
-                _own_memory(module)
+                own_memory(module)
     else:
         task = read_run_task(path)
         if task != "sde":
@@ -463,7 +323,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
         scheduler = IRSDEScheduler.from_pretrained(str(sched_dir))
         ae_dir = path / "autoencoder"
         autoencoder = load_network(ae_dir) if ae_dir.is_dir() else None
-        unet = load_network(_weights_dir(path, weights))
+        unet = load_network(weights_dir(path, weights))
         pipe = RefusionPipeline(unet=unet, scheduler=scheduler, autoencoder=autoencoder)
     pipe.unet.eval()
     if pipe.autoencoder is not None:
@@ -476,12 +336,6 @@ _NO_MODEL_SDE = (
     "directory written by RefusionPipeline.save_pretrained), a RefusionPipeline, or a noise network "
     "net(x_t, mu, t) with scheduler=IRSDEScheduler(...). Example: refusion.sample(lq, steps=20, "
     "model='runs/shadow')")
-_NO_MODEL_REGRESSOR = (
-    "refusion.restore needs a model: pass model='runs/nafnet' (a training run directory of a regressor run "
-    "or a saved model directory with config.json), or a network such as refusion.models.NAFNet(...). "
-    "Example: refusion.restore(lq, model='runs/nafnet')")
-
-
 def sample(
     lq: Any,
     steps: int = 100,
@@ -547,82 +401,3 @@ def _tqdm_steps(steps):
     from tqdm.auto import tqdm
 
     return tqdm(steps, desc="sampling", leave=False)
-
-
-def restore(
-    lq: Any,
-    model: Any = None,
-    tile_size: int | None = None,
-    tlc: bool | int | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-    *,
-    tile_overlap: int = 32,
-    half: bool = False,
-) -> Any:
-    """Restore ``lq`` with a deterministic regressor (NAFNet, Baseline, HINet, NAFFT-Net).
-
-    ``model``: a regressor run directory / saved model directory, or the network itself.
-    ``tlc``: test-time local converter for networks with global pooling (NAFNet family): the
-    global average pools become box means over 1.5 x the training patch; True reads the patch
-    size from the run's recipe, an int or (H, W) gives it.
-    Same input/output conventions as :func:`sample`.
-    """
-    if model is None:
-        raise ValueError(_NO_MODEL_REGRESSOR)
-    train_patch = None
-    if isinstance(model, (str, Path)):
-        train_patch = _run_train_patch(Path(model))
-        model = load_regressor(model)
-    if isinstance(model, RefusionPipeline):
-        raise ValueError("model is a RefusionPipeline (an sde model); use refusion.sample(lq, model=...)")
-    if not callable(model):
-        raise TypeError(f"model must be a path or a regressor network, got {type(model).__name__}. "
-                        + _NO_MODEL_REGRESSOR)
-    x, kind = to_batch(lq)
-    if device is not None and isinstance(model, torch.nn.Module):
-        model = model.to(device)
-    if isinstance(model, torch.nn.Module):
-        params = list(model.parameters())
-        x = x.to(params[0].device if params else (device or x.device))
-    multiple = spatial_multiple(model)
-    if tile_size is not None:
-        validate_tiling(tile_size, tile_overlap, multiple)
-    from refusion.models import final_output
-
-    def run(tile: torch.Tensor) -> torch.Tensor:
-        with half_precision(tile.device, half):
-            return final_output(model(tile)).float()
-
-    with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
-        out = tiled_apply(run, x, tile_size, tile_overlap, multiple, progress=progress) if tile_size else run(x)
-        check_finite(out, f"the output of the {type(model).__name__} network", half)
-    return from_batch(out.clamp(0.0, 1.0), kind)
-
-
-def _tlc_context(model, tlc, train_patch: int | None):
-    """The models' local-pooling (TLC) context for this network, or nothing when tlc is off."""
-    if tlc is None or tlc is False:
-        return contextlib.nullcontext()
-    from refusion.models.nafnet import local_pooling
-
-    if tlc is True:
-        if train_patch is None:
-            raise ValueError("tlc=True needs the training patch size, which is only known for a run directory "
-                             "(recipe data.train.gt_size); pass it instead, e.g. tlc=256")
-        tlc = train_patch
-    size = (int(tlc), int(tlc)) if isinstance(tlc, int) else tuple(int(v) for v in tlc)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"tlc must be True, a training patch size (int) or (H, W), got {tlc!r}")
-    return local_pooling(model, size)
-
-
-def _run_train_patch(path: Path) -> int | None:
-    """data.train.gt_size of a run directory's recipe (the TLC training size), when there is one."""
-    try:
-        with open(Path(path) / "recipe.yml", encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-        size = recipe["data"]["train"]["gt_size"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    return int(size) if isinstance(size, int) else None

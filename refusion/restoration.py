@@ -1,0 +1,101 @@
+"""``refusion.restore``: one deterministic pass of a regressor (NAFNet, Baseline, HINet, NAFFT-Net).
+
+Takes a tensor, numpy array or PIL image and returns the same kind (like ``refusion.sample``),
+optionally tile by tile, with the test-time local converter (TLC) for networks with global
+pooling, and with ``half=True`` at bfloat16 (CPU) / float16 (CUDA) channels_last weights
+(refusion.precision). A NaN/Inf output raises FloatingPointError.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+from refusion.inputs import from_batch, to_batch
+from refusion.loading import load_regressor, run_train_patch, spatial_multiple
+from refusion.precision import HalfPrecisionNetwork, check_finite, to_float32
+from refusion.tiling import tiled_apply, validate_tiling
+
+__all__ = ["restore"]
+
+_NO_MODEL_REGRESSOR = (
+    "refusion.restore needs a model: pass model='runs/nafnet' (a training run directory of a regressor run "
+    "or a saved model directory with config.json), or a network such as refusion.models.NAFNet(...). "
+    "Example: refusion.restore(lq, model='runs/nafnet')")
+
+
+def restore(
+    lq: Any,
+    model: Any = None,
+    tile_size: int | None = None,
+    tlc: bool | int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    *,
+    tile_overlap: int = 32,
+    half: bool = False,
+) -> Any:
+    """Restore ``lq`` with a deterministic regressor (NAFNet, Baseline, HINet, NAFFT-Net).
+
+    ``model``: a regressor run directory / saved model directory, or the network itself.
+    ``tlc``: test-time local converter for networks with global pooling (NAFNet family): the
+    global average pools become box means over 1.5 x the training patch; True reads the patch
+    size from the run's recipe, an int or (H, W) gives it.
+    ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights
+    (refusion.precision); the output is float32.
+    Same input/output conventions as ``refusion.sample``.
+    """
+    if model is None:
+        raise ValueError(_NO_MODEL_REGRESSOR)
+    train_patch = None
+    if isinstance(model, (str, Path)):
+        train_patch = run_train_patch(Path(model))
+        model = load_regressor(model)
+    if isinstance(model, DiffusionPipeline):
+        raise ValueError(f"model is a {type(model).__name__} (an sde model); use refusion.sample(lq, model=...)")
+    if not callable(model):
+        raise TypeError(f"model must be a path or a regressor network, got {type(model).__name__}. "
+                        + _NO_MODEL_REGRESSOR)
+    x, kind = to_batch(lq)
+    if device is not None and isinstance(model, torch.nn.Module):
+        model = model.to(device)
+    if isinstance(model, torch.nn.Module):
+        params = list(model.parameters())
+        x = x.to(params[0].device if params else (device or x.device))
+    multiple = spatial_multiple(model)
+    if tile_size is not None:
+        validate_tiling(tile_size, tile_overlap, multiple)
+    from refusion.models import final_output
+
+    with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
+        # half: bf16 (CPU) / fp16 (CUDA) channels_last weights cast once for the whole image (after
+        # the TLC conversion, so the converted modules are the ones that run); ``model`` is not changed
+        net = HalfPrecisionNetwork(model, x.device) if half else model
+
+        def run(tile: torch.Tensor) -> torch.Tensor:
+            return to_float32(final_output(net(tile)))
+
+        out = tiled_apply(run, x, tile_size, tile_overlap, multiple, progress=progress) if tile_size else run(x)
+        check_finite(out, f"the output of the {type(model).__name__} network", half)
+    return from_batch(out.clamp(0.0, 1.0), kind)
+
+
+def _tlc_context(model, tlc, train_patch: int | None):
+    """The models' local-pooling (TLC) context for this network, or nothing when tlc is off."""
+    if tlc is None or tlc is False:
+        return contextlib.nullcontext()
+    from refusion.models.nafnet import local_pooling
+
+    if tlc is True:
+        if train_patch is None:
+            raise ValueError("tlc=True needs the training patch size, which is only known for a run directory "
+                             "(recipe data.train.gt_size); pass it instead, e.g. tlc=256")
+        tlc = train_patch
+    size = (int(tlc), int(tlc)) if isinstance(tlc, int) else tuple(int(v) for v in tlc)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"tlc must be True, a training patch size (int) or (H, W), got {tlc!r}")
+    return local_pooling(model, size)
+
