@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -163,8 +164,6 @@ def run_with_peak_rss(target: str, kwargs: Mapping[str, Any] | None = None, *, t
 def _load_module(name: str):
     if not name.endswith(".py"):
         return importlib.import_module(name)
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("_perf_target", name)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {name!r} as a Python file")

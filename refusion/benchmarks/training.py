@@ -1,0 +1,115 @@
+"""Training step, fp32 against bf16 loss curves, the data loader's rate, and OpenMP threading."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from refusion import perf
+from refusion.benchmarks.common import build_network, make_train_step, network_inputs, print_table, synthetic_pairs
+
+
+def bench_train_step(state: dict) -> dict:
+    smoke = state["smoke"]
+    name = "ConditionalNAFNet-w16-quickstart" if smoke else "ConditionalNAFNet-w64-Refusion"
+    batch_size, crop = (2, 32) if smoke else (4, 128)
+    g = torch.Generator().manual_seed(5)
+    batch = {k: torch.rand(batch_size, 3, crop, crop, generator=g) for k in ("gt", "lq")}
+    steps = {}
+    for variant, bf16 in (("fp32", False), ("bf16_autocast", True)):
+        net, _ = build_network(name, True)
+        steps[variant] = (lambda step=make_train_step(net.train(), bf16): step(batch))
+    timings = perf.time_side_by_side(steps, repeats=max(2, state["repeats"] - 2))
+    rows = [{"variant": k, "step s": t["median_s"], "min s": t["min_s"]} for k, t in timings.items()]
+    print_table(f"train step {name}, batch {batch_size}x3x{crop}x{crop}, Lion", rows, list(rows[0]))
+    result = {"network": name, "batch": [batch_size, 3, crop, crop], "optimizer": "lion", "variants": timings}
+    result["loss_curves"] = _loss_curves(state)
+    return result
+
+
+def _loss_curves(state: dict) -> dict:
+    """The quickstart SDE objective trained twice from the same seed, fp32 and bf16 autocast."""
+    from refusion.data import PairedImageDataset
+
+    iters = 20 if state["smoke"] else 600 if state["full"] else 300
+    root = synthetic_pairs(128, 24)
+    dataset = PairedImageDataset(root / "train" / "gt", root / "train" / "lq", gt_size=64, use_flip=True,
+                                 use_rot=True, seed=0)
+    curves = {}
+    for variant, bf16 in (("fp32", False), ("bf16_autocast", True)):
+        net, _ = build_network("ConditionalNAFNet-w16-quickstart", True, seed=0)
+        step = make_train_step(net.train(), bf16, lr=3e-4)
+        torch.manual_seed(0)  # same timesteps and noise in both runs
+        losses = []
+        for i in range(iters):
+            items = [dataset[(4 * i + j) % len(dataset)] for j in range(4)]
+            losses.append(step({k: torch.stack([it[k] for it in items]) for k in ("gt", "lq")}))
+        curves[variant] = losses
+    window = max(1, iters // 10)
+    smooth = {k: [sum(v[i:i + window]) / window for i in range(0, iters - window + 1, window)] for k, v in curves.items()}
+    return {"iterations": iters, "batch": [4, 3, 64, 64], "window": window, "mean_loss_per_window": smooth,
+            "raw": curves}
+
+
+def bench_dataloader(state: dict) -> dict:
+    from refusion.data import PairedImageDataset
+    from refusion.training.data_stream import stream_loader
+
+    crop, batch_size = (64, 4) if state["smoke"] else (256, 8)
+    root = synthetic_pairs(crop + 32, 8 if state["smoke"] else 24)
+    dataset = PairedImageDataset(root / "train" / "gt", root / "train" / "lq", gt_size=crop, use_flip=True, use_rot=True)
+    n_batches = 5 if state["smoke"] else 40
+    rates = {}
+    for workers in (0, 2):
+        loader = iter(stream_loader(dataset, seed=0, start=0, batch_size=batch_size, rank=0, world_size=1,
+                                    num_workers=workers))
+        next(loader)  # worker start-up is paid once per run, not per batch
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            next(loader)
+        rates[workers] = n_batches / (time.perf_counter() - start)
+        del loader
+    net, _ = build_network("ConditionalNAFNet-w16-quickstart", True)
+    batch = {k: torch.rand(batch_size, 3, crop, crop) for k in ("gt", "lq")}
+    step = make_train_step(net.train(), False)
+    step_s = perf.median_time(lambda: step(batch), repeats=3)
+    consumers = {"ConditionalNAFNet-w16-quickstart (measured)": step_s}
+    measured = state["results"].get("train_step", {}).get("variants", {})
+    if measured and not state["smoke"]:
+        # the Refusion step at 4x128x128 scaled by pixels to 8x256x256 (8x the pixels)
+        for k, v in measured.items():
+            consumers[f"ConditionalNAFNet-w64 {k} (train_step x8 pixels)"] = 8 * v["median_s"]
+    ratio = {k: rates[2] * s for k, s in consumers.items()}
+    rows = [{"consumer": k, "step s": s, "loader batches/s (2 workers)": rates[2], "ratio": ratio[k]}
+            for k, s in consumers.items()]
+    print_table(f"data loader, {batch_size}x3x{crop}x{crop} random crops, flips, rotations "
+                f"(0 workers: {rates[0]:.3g} batches/s)", rows, list(rows[0]))
+    return {"batch": [batch_size, 3, crop, crop], "batches_per_s": {f"workers_{k}": v for k, v in rates.items()},
+            "train_step_s": consumers, "loader_over_consumption": ratio}
+
+
+def threading_probe(size: int) -> dict:
+    """Subprocess body: GEMM rate and the quickstart noise network's forward under this process's settings."""
+    net, _ = build_network("ConditionalNAFNet-w16-quickstart", True)
+    net.eval()
+    x = network_inputs("ConditionalNAFNet-w16-quickstart", size)
+    with torch.inference_mode():
+        forward = perf.time_side_by_side({"f": lambda: net(*x)}, repeats=5)["f"]
+    return {"threads": torch.get_num_threads(), "gemm_fp32_gflops": perf.gemm_gflops(size=512, repeats=5),
+            "quickstart_forward_s": forward["median_s"]}
+
+
+def bench_threading(state: dict) -> dict:
+    """OpenMP threads spin while they wait; on a loaded machine that costs far more than it saves."""
+    size = 64 if state["smoke"] else 256
+    cases = {}
+    for threads in (1, 2):
+        for policy in ("default", "PASSIVE"):
+            env = {"OMP_WAIT_POLICY": None if policy == "default" else policy}
+            report = perf.run_with_peak_rss("refusion.benchmarks.training:threading_probe", {"size": size}, threads=threads, env=env)
+            cases[f"threads{threads}_{policy}"] = report["result"]
+    rows = [{"case": k, "GEMM fp32 GFLOP/s": v["gemm_fp32_gflops"], "quickstart fwd s": v["quickstart_forward_s"]}
+            for k, v in cases.items()]
+    print_table(f"threads and OMP_WAIT_POLICY (quickstart forward 1x3x{size}x{size}; "
+                f"load {perf.machine_info().get('load_average')})", rows, list(rows[0]))
+    return {"image_size": size, "cases": cases}
