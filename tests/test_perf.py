@@ -134,3 +134,8 @@ def test_machine_info_and_parameter_count():
     with pytest.raises(ValueError, match="dtype"):
         perf.as_dtype("float8")
     assert perf.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+def test_run_with_peak_rss_imports_a_module_by_name():
+    # "package.module:function" (the benchmarks' subprocess bodies) as well as a file path
+    assert perf.run_with_peak_rss("json:dumps", {"obj": [1, 2]})["result"] == "[1, 2]"
