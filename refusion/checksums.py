@@ -24,6 +24,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def first_mismatch(folder: Path, files: dict[str, str]) -> tuple[Path, str | None, str] | None:
+    """The first listed file that is missing or whose sha256 differs: (path, found or None, expected)."""
+    for name, expected in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return path, None, expected
+        found = sha256_file(path)
+        if found != expected:
+            return path, found, expected
+    return None
+
+
 def write_weights_manifest(folder: Path) -> None:
     """Write ``checksums.json``: the sha256 of every other file under ``folder`` (fsynced first).
 
@@ -60,12 +72,11 @@ def verify_weights_dir(folder: Path) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CorruptWeightsError(f"{str(manifest)!r} is corrupt: not a JSON object with a 'files' mapping "
                                   f"({type(exc).__name__}: {exc}); save the weights again") from exc
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
+    bad = first_mismatch(folder, files)
+    if bad is not None:
+        path, found, expected = bad
+        if found is None:
             raise CorruptWeightsError(f"weight file {str(path)!r} listed in {str(manifest)!r} is missing")
-        found = sha256_file(path)
-        if found != expected:
-            raise CorruptWeightsError(
-                f"weight file {str(path)!r} is corrupt: sha256 {found} found, {expected} expected (recorded in "
-                f"{str(manifest)!r}); copy or save the weights again")
+        raise CorruptWeightsError(
+            f"weight file {str(path)!r} is corrupt: sha256 {found} found, {expected} expected (recorded in "
+            f"{str(manifest)!r}); copy or save the weights again")

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from refusion.checksums import (  # noqa: F401 - re-exported: the run's weight manifests
     WEIGHTS_MANIFEST,
+    first_mismatch,
     sha256_file,
     verify_weights_dir,
     write_weights_manifest,
@@ -193,15 +194,14 @@ def verify_checkpoint(ckpt_dir: Path) -> dict:
     for key in ("step", "files"):
         if key not in meta:
             raise CheckpointError(f"{str(meta_path)!r} has no {key!r} entry")
-    for name, expected in meta["files"].items():
-        path = ckpt_dir / name
-        if not path.is_file():
+    bad = first_mismatch(ckpt_dir, meta["files"])
+    if bad is not None:
+        path, actual, expected = bad
+        if actual is None:
             raise CheckpointError(f"checkpoint file {str(path)!r} listed in {META} is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise CheckpointError(
-                f"checkpoint file {str(path)!r} is corrupt: sha256 {actual} != {expected} recorded in "
-                f"{META}; delete {str(ckpt_dir)!r} to resume from the previous checkpoint")
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} is corrupt: sha256 {actual} != {expected} recorded in "
+            f"{META}; delete {str(ckpt_dir)!r} to resume from the previous checkpoint")
     return meta
 
 
