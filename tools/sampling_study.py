@@ -3,6 +3,7 @@
     python tools/sampling_study.py --run runs/quickstart_sde --data data/quickstart --out report/sampling
     python tools/sampling_study.py --recipe recipes/quickstart_sde.yml --data data/quickstart \
         --out report/sampling                      # trains the recipe first unless its run exists
+    python tools/sampling_study.py --run runs/study_denoise_sde --raw-weights ...   # non-EMA weights
 
 Each sampler setting (sde, ode, posterior with eta 1 and 0, mr_ode and mr_sde with solver order 1
 and 2) is written as a saved pipeline folder (the run's weights plus a scheduler configured for
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import load_file
 
 from refusion.config import load_recipe
 from refusion.evaluation import evaluate_runs
@@ -44,11 +46,26 @@ DEFAULT_STEPS = (100, 50, 20, 10, 5)
 PSNR_TOLERANCE_DB, LPIPS_TOLERANCE = 0.1, 0.005
 
 
-def write_setting(run: Path, name: str, out: Path) -> Path:
+def load_checkpoint_weights(pipe, run: Path) -> Path:
+    """Load the raw (non-EMA) weights of the run's newest checkpoint into `pipe.unet`; returns it.
+
+    A run's model/ holds the EMA weights when train.ema_decay > 0; the EMA starts from the
+    initial weights, so after a short run (decay**iters not small) it still carries part of them.
+    """
+    checkpoints = sorted((run / "checkpoints").glob("step_*"))
+    if not checkpoints:
+        raise FileNotFoundError(f"--raw-weights: run {str(run)!r} has no checkpoints/step_* folder")
+    pipe.unet.load_state_dict(load_file(str(checkpoints[-1] / "model.safetensors")), strict=True)
+    return checkpoints[-1]
+
+
+def write_setting(run: Path, name: str, out: Path, *, raw_weights: bool = False) -> Path:
     """A saved pipeline folder holding the run's network and a scheduler configured for `name`."""
     if name not in SETTINGS:
         raise ValueError(f"sampler setting {name!r} is unknown; choose from {sorted(SETTINGS)}")
     pipe = load_pipeline(run)
+    if raw_weights:
+        load_checkpoint_weights(pipe, run)
     pipe.scheduler = IRSDEScheduler.from_config(pipe.scheduler.config, **SETTINGS[name])
     folder = out / name
     pipe.save_pretrained(str(folder))
@@ -92,13 +109,13 @@ def within_target(row: dict) -> bool:
 
 def run_study(run: Path, test_gt: Path, test_lq: Path, out: Path, *, settings: Sequence[str] = tuple(SETTINGS),
               steps: Sequence[int] = DEFAULT_STEPS, seed: int = 0, max_images: int | None = None,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, raw_weights: bool = False) -> list[dict]:
     """Evaluate every setting at every step count; write the combined tables and plot; return the rows."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     input_row = None
     for name in settings:
-        folder = write_setting(run, name, out / "pipelines")
+        folder = write_setting(run, name, out / "pipelines", raw_weights=raw_weights)
         sampler = SETTINGS[name]["sampler"]
         result = evaluate_runs([folder], test_gt, test_lq, out / "per_setting" / name,
                                samplers=[f"{sampler}:{n}" for n in steps], seed=seed, max_images=max_images,
@@ -108,7 +125,8 @@ def run_study(run: Path, test_gt: Path, test_lq: Path, out: Path, *, settings: S
         best = max(result["rows"][1:], key=lambda r: r["psnr"])
         print(f"{name:>15}: best PSNR {best['psnr']:.2f} dB at {best['steps']} steps")
     add_reference_deltas(rows)
-    notes = [f"trained run: {run}; test pairs: {test_lq}; seeds {seed}.. (one per image, the same for every setting)",
+    weights = "raw weights of the newest checkpoint" if raw_weights else "model/ weights"
+    notes = [f"trained run: {run} ({weights}); test pairs: {test_lq}; seeds {seed}.. (one per image, the same for every setting)",
              f"deltas against {REFERENCE[0]} at {REFERENCE[1]} steps; target at 10 network evaluations: "
              f"PSNR within {PSNR_TOLERANCE_DB} dB and LPIPS within {LPIPS_TOLERANCE}",
              f"torch threads: {torch.get_num_threads()}"]
@@ -141,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="use the raw (non-EMA) weights of the run's newest checkpoint instead of model/")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -150,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--steps {n}: every step count must be >= 1")
     run = args.run if args.run is not None else train_if_needed(args.recipe, args.data)
     run_study(run, args.data / "test" / "gt", args.data / "test" / "lq", args.out, settings=args.settings,
-              steps=args.steps, seed=args.seed, max_images=args.max_images)
+              steps=args.steps, seed=args.seed, max_images=args.max_images,
+              raw_weights=args.raw_weights)
     return 0
 
 
