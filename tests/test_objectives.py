@@ -23,3 +23,4 @@ def test_data_prediction_loss_is_l1_on_x0(offset):
     assert loss.item() == pytest.approx(offset, abs=1e-7)
     assert logs["loss"] == pytest.approx(offset, abs=1e-7)
 
+

@@ -298,7 +298,7 @@ def _loop(run: _Run, step: int, position: int, stop_at_step: int | None) -> None
                 continue
             step += 1
             if run.ema is not None and not acc.optimizer_step_was_skipped:
-                run.ema.update(run.model)
+                run.ema.update(run.model, step)
             progress.update(1)
             if step % tc.log_every == 0 or step == 1:
                 means = _mean_logs(acc, pending)

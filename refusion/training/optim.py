@@ -56,10 +56,15 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class EMA:
-    """Exponential moving average of a network's weights: ema <- decay * ema + (1 - decay) * w.
+    """Exponential moving average of a network's weights: ema <- d * ema + (1 - d) * w.
 
     ``self.model`` is a frozen copy of the network holding the averaged weights; buffers are copied
     as they are. It is what validation and the run directory's model/ use when EMA is on.
+
+    The decay warms up, d = min(decay, (1 + step) / (10 + step)): with a constant 0.999 the average
+    still holds e^-3 = 5% of the random initialisation after 3000 steps, which measurably spoiled
+    short runs (a 3000-step SDE: 21.85 dB with the EMA weights vs 25.12 dB with the raw ones). The
+    decay depends only on the step, so a resumed run averages exactly as an uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -72,10 +77,15 @@ class EMA:
         self.model.to(device)
         return self
 
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update that completes optimizer step ``step`` (1-based)."""
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        weight = 1.0 - self.decay_at(step)
         for averaged, current in zip(self.model.parameters(), model.parameters()):
-            averaged.lerp_(current.detach().to(averaged.dtype), 1.0 - self.decay)
+            averaged.lerp_(current.detach().to(averaged.dtype), weight)
         for averaged, current in zip(self.model.buffers(), model.buffers()):
             averaged.copy_(current)
 
