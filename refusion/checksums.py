@@ -36,23 +36,29 @@ def first_mismatch(folder: Path, files: dict[str, str]) -> tuple[Path, str | Non
     return None
 
 
-def write_weights_manifest(folder: Path) -> None:
-    """Write ``checksums.json``: the sha256 of every other file under ``folder`` (fsynced first).
+def write_manifest(folder: Path, name: str, extra: dict | None = None) -> None:
+    """Fsync and hash every file under ``folder`` except ``name``, then write ``name`` last.
 
-    Written through a temporary file and renamed, so a reader sees the old manifest or the new one.
+    The JSON holds ``extra`` plus ``files`` (relative path -> sha256); it goes through a temporary
+    file and a rename, so a reader sees the old manifest or the new one, never half of one.
     """
     folder = Path(folder)
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != WEIGHTS_MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != name):
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         files[path.relative_to(folder).as_posix()] = sha256_file(path)
-    tmp = folder / (".tmp-" + WEIGHTS_MANIFEST)
+    tmp = folder / (".tmp-" + name)
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({"files": files}, indent=2))
+        json.dump({**(extra or {}), "files": files}, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, folder / WEIGHTS_MANIFEST)
+    os.replace(tmp, folder / name)
+
+
+def write_weights_manifest(folder: Path) -> None:
+    """Write ``checksums.json``: the sha256 of every other file of a saved weight folder."""
+    write_manifest(folder, WEIGHTS_MANIFEST)
 
 
 def verify_weights_dir(folder: Path) -> None:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from refusion.checksums import (  # noqa: F401 - re-exported: the run's weight manifests
     WEIGHTS_MANIFEST,
     first_mismatch,
-    sha256_file,
+    write_manifest,
     verify_weights_dir,
     write_weights_manifest,
 )
@@ -165,19 +165,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_meta(ckpt_dir: Path, meta: dict) -> None:
     """Hash every file of the (temporary) checkpoint, fsync them and write meta.json last."""
-    ckpt_dir = Path(ckpt_dir)
-    files = {}
-    for path in sorted(p for p in ckpt_dir.rglob("*") if p.is_file() and p.name != META):
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-        files[path.relative_to(ckpt_dir).as_posix()] = sha256_file(path)
-    meta = {**meta, "files": files}
-    tmp = ckpt_dir / (META + ".part")
-    with open(tmp, "w") as handle:
-        json.dump(meta, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, ckpt_dir / META)
+    write_manifest(ckpt_dir, META, meta)
     _fsync_dir(ckpt_dir)
 
 
