@@ -143,18 +143,19 @@ class NAFBlock(nn.Module):
             modulation = self.mlp(time_emb)[:, :, None, None]
             shift_att, scale_att, shift_ffn, scale_ffn = modulation.chunk(4, dim=1)
 
+        # addcmul: one pass over the feature map where ``a + b * c`` makes two (and a temporary)
         x = self.norm1(inp)
         if self.mlp is not None:
-            x = x * (scale_att + 1) + shift_att
+            x = torch.addcmul(shift_att, x, scale_att + 1)
         x = self.sg(self.conv2(self.conv1(x)))
         x = self.dropout1(self.conv3(self.attention(x)))
-        y = inp + x * self.beta
+        y = torch.addcmul(inp, x, self.beta)
 
         x = self.norm2(y)
         if self.mlp is not None:
-            x = x * (scale_ffn + 1) + shift_ffn
+            x = torch.addcmul(shift_ffn, x, scale_ffn + 1)
         x = self.dropout2(self.conv5(self.sg(self.conv4(x))))
-        return y + x * self.gamma
+        return torch.addcmul(y, x, self.gamma)
 
 
 class BaselineBlock(NAFBlock):
