@@ -36,7 +36,8 @@ from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
 # re-exported: callers import the loaders, restore and the checks from refusion.pipeline
 from refusion.loading import (REGRESSOR_NAMES, WEIGHTS_NAME, load_network, load_regressor,  # noqa: F401
                               network_channels, own_memory, read_run_task, spatial_multiple, weights_dir)
-from refusion.precision import (HalfPrecisionNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
+from refusion.allocator import tune_malloc
+from refusion.precision import (HalfPrecisionNetwork, InferenceNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
                                 to_float32)
 from refusion.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler
@@ -89,9 +90,10 @@ def sde_sample(
     tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
     the network runs tile-wise on the full-size state; the noise is drawn at full size.
 
-    ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights cast
-    once for the whole run, and inputs cast at each call (refusion.precision.HalfPrecisionNetwork;
-    ``noise_fn`` itself is not changed); the state and the scheduler arithmetic stay float32.
+    The network gets its inputs in channels_last layout (refusion.precision.InferenceNetwork).
+    ``half``: it runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights cast once for the
+    whole run, and inputs cast at each call (``noise_fn`` itself is not changed); the state and the
+    scheduler arithmetic stay float32.
 
     A network output with NaN/Inf raises FloatingPointError naming the first such step. The check
     never stops the device mid-loop: each step folds ``isfinite(noise).all()`` into a device-side
@@ -106,8 +108,8 @@ def sde_sample(
     x = scheduler.initial_sample(mu, generator=generator)
     inputs = [mu] if cond is None else [mu, cond]
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
-    # half: the weights are cast once here, each call's inputs once per call; the state stays float32
-    net = HalfPrecisionNetwork(noise_fn, mu.device) if half else noise_fn
+    # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
+    net = InferenceNetwork(noise_fn, mu.device, half=half)
     for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
@@ -206,6 +208,8 @@ class RefusionPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if self.device.type == "cpu":
+            tune_malloc()  # feature maps reuse the heap instead of being page-faulted in at every layer
         with torch.inference_mode():
             restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
                                      latent, cond, progress, half)
@@ -260,8 +264,8 @@ class RefusionPipeline(DiffusionPipeline):
             ae_tile = max(factor, ae_tile // factor * factor)
             ae_overlap = -(-max(tile_overlap, LATENT_AE_OVERLAP) // factor) * factor
         # half: one bf16/fp16 channels_last copy of the weights serves encode and decode; the skips
-        # stay in half precision between them (decode takes them as they are)
-        run = HalfPrecisionNetwork(ae, lq.device).call if half else (lambda method, *a, **k: getattr(ae, method)(*a, **k))
+        # stay in half precision (and channels_last) between them (decode takes them as they are)
+        run = InferenceNetwork(ae, lq.device, half=half).call
         if ae_tile:
             mu, skips = run("encode_tiled", lq, tile=ae_tile, overlap=ae_overlap, return_skips=False)
         else:

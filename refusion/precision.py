@@ -1,17 +1,22 @@
-"""Half-precision network calls for inference, and the NaN/Inf checks of the network outputs.
+"""How the pipeline runs its networks for inference: channels_last inputs, optionally half precision,
+and the NaN/Inf checks of the network outputs.
 
-``half=True`` in the pipeline runs each network with its weights in bfloat16 (CPU) / float16
-(CUDA) and in channels_last layout, and feeds it inputs of that dtype and layout. Measured on a
-Zen 4 CPU (docs/performance.md): this is 2.35x (NAFNet w32) and 3.8x (the Refusion noise network
-w64) faster than float32, where ``torch.autocast`` gives only 1.4x / 1.7x, because autocast
-re-casts every weight on every call (its weight cache is off in inference mode) and the
-NAFNet LayerNorm's NHWC view is free only on channels_last tensors.
+Every network call of the pipeline and of ``refusion.restore`` goes through
+:class:`InferenceNetwork`, which feeds 4-D inputs in channels_last layout: on CPU the NAFNet
+family's LayerNorm then reads its NHWC view without a copy and oneDNN's convolutions run their
+NHWC kernels (measured in docs/performance.md: 1.2-1.5x for the NAFNet-style networks at 256x256,
+never slower for the others). Outputs are handed back to the caller's float32 NCHW state with
+:func:`to_float32`.
 
-:class:`HalfPrecisionNetwork` casts the weights ONCE (per pipeline call) and runs the caller's
-own module with them through ``torch.func.functional_call``: the caller's parameters and buffers
-are never changed (dtype, layout and values are the same after the call), and hooks, wrappers and
-any state kept by the module's ``forward`` are the caller's, not a copy's. A network that is a
-plain callable (not an ``nn.Module``) has no weights to cast and runs under autocast instead.
+``half=True`` runs each network with its weights in bfloat16 (CPU) / float16 (CUDA), also in
+channels_last layout: 2.4x (NAFNet w32) and 2.1x (the Refusion noise network w64) faster than
+float32 on a Zen 4 CPU, where ``torch.autocast`` gives 1.5x, because autocast re-casts every
+weight on every call (its weight cache is off in inference mode). The weights are cast ONCE (per
+pipeline call) and the caller's own module runs with them through ``torch.func.functional_call``:
+the caller's parameters and buffers are never changed (dtype, layout and values are the same after
+the call), and hooks, wrappers and any state kept by the module's ``forward`` are the caller's,
+not a copy's. A network that is a plain callable (not an ``nn.Module``) has no weights to cast and
+runs under autocast instead (and gets its inputs as they are).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["half_dtype", "half_precision", "HalfPrecisionNetwork", "as_network_input", "to_float32",
+__all__ = ["half_dtype", "half_precision", "InferenceNetwork", "HalfPrecisionNetwork", "channels_last", "as_network_input", "to_float32",
            "check_finite", "nonfinite_hint"]
 
 
@@ -38,15 +43,17 @@ def half_precision(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=half_dtype(device))
 
 
-def _layout(tensor: torch.Tensor) -> torch.Tensor:
+def channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor in channels_last layout (itself when it already is); other tensors unchanged."""
     return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
-def as_network_input(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A floating tensor cast to ``dtype`` (4-D ones in channels_last, in the same single copy);
+def as_network_input(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A floating tensor cast to ``dtype`` (None: kept) with 4-D ones in channels_last, in one copy;
     integer tensors (timesteps) unchanged."""
     if not tensor.is_floating_point():
         return tensor
+    dtype = dtype or tensor.dtype
     if tensor.dim() == 4:
         return tensor.to(dtype=dtype, memory_format=torch.channels_last)
     return tensor.to(dtype)
@@ -57,7 +64,7 @@ def to_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(dtype=torch.float32, memory_format=torch.contiguous_format)
 
 
-def _cast_args(value: Any, dtype: torch.dtype) -> Any:
+def _cast_args(value: Any, dtype: torch.dtype | None) -> Any:
     if isinstance(value, torch.Tensor):
         return as_network_input(value, dtype)
     if type(value) in (list, tuple):
@@ -76,42 +83,53 @@ class _MethodCall(nn.Module):
         return getattr(self.module, method)(*args, **kwargs)
 
 
-class HalfPrecisionNetwork:
-    """``net(*inputs)`` at half precision with the weights cast once, the caller's module unchanged.
+class InferenceNetwork:
+    """``net(*inputs)`` for inference: channels_last inputs, and with ``half`` half-precision weights.
 
-    ``HalfPrecisionNetwork(module, device)`` casts the floating parameters and buffers of
-    ``module`` to :func:`half_dtype` (4-D ones channels_last). Each call casts the floating tensor
-    arguments the same way (integer ones, e.g. timesteps, pass unchanged) and returns the raw
-    network output in half precision (callers convert with :func:`to_float32`). ``call(method,
-    ...)`` runs another method of the module (``encode``, ``decode_from_lq``, ...) the same way.
-    ``module`` may also be a plain callable: it then runs under autocast on the given device.
+    ``InferenceNetwork(module, device, half=False)`` passes the floating tensor arguments to
+    ``module`` in channels_last layout (4-D ones; integer ones, e.g. timesteps, unchanged) and
+    returns the raw network output (callers convert with :func:`to_float32`). With ``half=True`` it
+    also casts the floating parameters and buffers of ``module`` once to :func:`half_dtype` (4-D
+    ones channels_last) and each call's floating inputs to the same dtype. ``call(method, ...)``
+    runs another method of the module (``encode``, ``decode_from_lq``, ...) the same way. A plain
+    callable (not an ``nn.Module``) gets its inputs unchanged, under autocast when ``half``.
     """
 
-    def __init__(self, module: Callable[..., Any], device: torch.device | str):
+    def __init__(self, module: Callable[..., Any], device: torch.device | str, *, half: bool = False):
         self.device = torch.device(device)
-        self.dtype = half_dtype(self.device)
+        self.half = bool(half)
+        self.dtype = half_dtype(self.device) if self.half else None
         self.module = module
         self.weights: dict[str, torch.Tensor] | None = None
-        if isinstance(module, nn.Module):
+        if self.half and isinstance(module, nn.Module):
             self.runner = _MethodCall(module)
             with torch.no_grad():
                 # "module." addresses the module inside the _MethodCall wrapper; a tensor shared by
                 # two names is listed once and functional_call ties the other name to it
-                self.weights = {f"module.{name}": _layout(t.detach().to(self.dtype)) if t.is_floating_point() else t
+                self.weights = {f"module.{name}": channels_last(t.detach().to(self.dtype)) if t.is_floating_point() else t
                                 for name, t in _named_tensors(module)}
 
     def __call__(self, *args, **kwargs):
         return self.call("forward", *args, **kwargs)
 
     def call(self, method: str, *args, **kwargs):
-        """``module.<method>(*args, **kwargs)`` with half-precision weights and inputs."""
-        if self.weights is None:
-            fn = self.module if method == "forward" else getattr(self.module, method)
-            with half_precision(self.device, True):
+        """``module.<method>(*args, **kwargs)`` with channels_last (and, with ``half``, half-precision) inputs."""
+        fn = self.module if method == "forward" else getattr(self.module, method)
+        if not isinstance(self.module, nn.Module):
+            with half_precision(self.device, self.half):
                 return fn(*args, **kwargs)
         args = _cast_args(args, self.dtype)
         kwargs = {k: _cast_args(v, self.dtype) for k, v in kwargs.items()}
+        if self.weights is None:
+            return fn(*args, **kwargs)
         return functional_call(self.runner, self.weights, (method, *args), kwargs)
+
+
+class HalfPrecisionNetwork(InferenceNetwork):
+    """:class:`InferenceNetwork` with ``half=True``."""
+
+    def __init__(self, module: Callable[..., Any], device: torch.device | str):
+        super().__init__(module, device, half=True)
 
 
 def _named_tensors(module: nn.Module):

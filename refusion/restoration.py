@@ -16,7 +16,8 @@ from diffusers import DiffusionPipeline
 
 from refusion.inputs import from_batch, to_batch
 from refusion.loading import load_regressor, run_train_patch, spatial_multiple
-from refusion.precision import HalfPrecisionNetwork, check_finite, to_float32
+from refusion.allocator import tune_malloc
+from refusion.precision import InferenceNetwork, check_finite, to_float32
 from refusion.tiling import tiled_apply, validate_tiling
 
 __all__ = ["restore"]
@@ -65,15 +66,18 @@ def restore(
     if isinstance(model, torch.nn.Module):
         params = list(model.parameters())
         x = x.to(params[0].device if params else (device or x.device))
+    if x.device.type == "cpu":
+        tune_malloc()  # feature maps reuse the heap instead of being page-faulted in at every layer
     multiple = spatial_multiple(model)
     if tile_size is not None:
         validate_tiling(tile_size, tile_overlap, multiple)
     from refusion.models import final_output
 
     with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
-        # half: bf16 (CPU) / fp16 (CUDA) channels_last weights cast once for the whole image (after
-        # the TLC conversion, so the converted modules are the ones that run); ``model`` is not changed
-        net = HalfPrecisionNetwork(model, x.device) if half else model
+        # channels_last inputs; half: bf16 (CPU) / fp16 (CUDA) channels_last weights cast once for the
+        # whole image (after the TLC conversion, so the converted modules are the ones that run);
+        # ``model`` is not changed
+        net = InferenceNetwork(model, x.device, half=half)
 
         def run(tile: torch.Tensor) -> torch.Tensor:
             return to_float32(final_output(net(tile)))

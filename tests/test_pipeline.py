@@ -281,7 +281,8 @@ def test_half_sampling_runs_bf16_channels_last_weights_close_to_float32_and_leav
     kwargs = dict(steps=5, model=net, sampler="mr_sde", progress=False)
     full = sample(lq, generator=gens(0), **kwargs)
     half = sample(lq, generator=gens(0), half=True, **kwargs)
-    assert recorder.seen[0] == (torch.float32, torch.float32, False, False)
+    # the float32 run: the caller's float32 weights, the inputs in channels_last, at each of the 5 steps
+    assert recorder.seen[:5] == [(torch.float32, torch.float32, False, True)] * 5
     # the half run: bf16 weights and inputs, both channels_last, at every one of the 5 steps
     assert recorder.seen[5:] == [(torch.bfloat16, torch.bfloat16, True, True)] * 5
     assert half.dtype == torch.float32 and half.is_contiguous()
@@ -300,12 +301,17 @@ def test_half_restore_is_close_to_float32_and_leaves_the_network_alone():
         for name, p in net.named_parameters():
             if name.endswith(("beta", "gamma")):
                 p.normal_(0, 0.5)
+    lq = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        direct = net(lq).clamp(0, 1)
     recorder = _Recorder(net.intro)
     snapshot = _snapshot(net)
-    lq = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(4))
     full = restore(lq, model=net, progress=False)
     half = restore(lq, model=net, progress=False, half=True)
     tiled = restore(lq, model=net, progress=False, half=True, tile_size=32, tile_overlap=8)
+    # float32: channels_last input, same values as the network called on the NCHW image
+    assert recorder.seen[0] == (torch.float32, torch.float32, False, True)
+    assert full.is_contiguous() and (full - direct).abs().max() < 1e-5
     assert recorder.seen[1:] == [(torch.bfloat16, torch.bfloat16, True, True)] * len(recorder.seen[1:])
     assert half.dtype == torch.float32
     err = (half - full).abs()
