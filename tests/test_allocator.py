@@ -14,7 +14,7 @@ glibc_only = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc'
 # times and reports the minor page faults of the last allocation: an mmap'ed block is faulted in
 # again page by page (16,384 faults of 4 KiB), a block kept in the heap is not. (torch allocates
 # with posix_memalign, whose freed blocks glibc reuses only once neighbours coalesce: measured, the
-# heap grows for the first 4 rounds and is reused from then on.)
+# heap grows for the first 4-6 rounds and is reused from then on.)
 _FAULTS = """
 import importlib.util, json, resource, sys
 import torch
@@ -24,11 +24,12 @@ spec.loader.exec_module(allocator)
 tuned = allocator.tune_malloc() if sys.argv[1] == "tune" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+rounds = []
+for _ in range(16):
     before = faults()
     torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)
-    last = faults() - before
-print(json.dumps({"tuned": tuned, "faults": last, "reported": allocator.malloc_tuned()}))
+    rounds.append(faults() - before)
+print(json.dumps({"tuned": tuned, "faults": rounds, "reported": allocator.malloc_tuned()}))
 """
 
 
@@ -44,15 +45,15 @@ def test_tuned_malloc_reuses_freed_feature_maps_without_page_faults():
     tuned = _run(_FAULTS, "tune", allocator.__file__)
     assert plain["tuned"] is False and plain["reported"] is False
     assert tuned["tuned"] is True and tuned["reported"] is True
-    # measured: 16,385 faults per 64 MiB block by default, 0-1 once tuned
-    assert plain["faults"] > 10_000
-    assert tuned["faults"] < 500
+    # measured: 16,384 faults per 64 MiB block in every round by default; tuned, 0 from round 5-7 on
+    assert min(plain["faults"]) > 10_000
+    assert max(tuned["faults"][-4:]) < 500
 
 
 @glibc_only
 def test_environment_variable_leaves_malloc_alone():
     off = _run(_FAULTS, "tune", allocator.__file__, env={allocator.ENV_VAR: "0"})
-    assert off["tuned"] is False and off["reported"] is False and off["faults"] > 10_000
+    assert off["tuned"] is False and off["reported"] is False and min(off["faults"]) > 10_000
 
 
 @glibc_only
