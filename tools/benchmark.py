@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from refusion import perf
+from refusion.allocator import tune_malloc
+from refusion.benchmarks.allocator import bench_allocator
 from refusion.benchmarks.common import NETWORKS, bench_gemm
 from refusion.benchmarks.half_path import bench_half_path
 from refusion.benchmarks.large_image import bench_large_image
@@ -39,6 +41,7 @@ BENCHMARKS = {
     "threading": bench_threading, "gemm": bench_gemm, "networks": bench_networks, "layernorm": bench_layernorm,
     "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
     "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
+    "allocator": bench_allocator,
 }
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="a trained sde run directory (sampling and half_path benchmarks)")
     parser.add_argument("--regressor-run", help="a trained regressor run directory (half_path accuracy)")
     parser.add_argument("--images", help="a folder of LQ images for the half_path accuracy (default: one synthetic)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc alone in this process (the library tunes it on CPU by default)")
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), help="networks benchmark: only these")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
@@ -64,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     selected = args.benchmarks or list(BENCHMARKS)
+    # measure what users get: the pipeline, restore and training tune malloc on CPU
+    malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
     state = {"full": args.full, "smoke": args.smoke, "repeats": args.repeats, "compile": args.compile or args.full,
              "run": args.run, "regressor_run": args.regressor_run, "images": args.images,
              "networks": args.networks, "results": {}}
-    report = {"machine": perf.machine_info(), "settings": {k: v for k, v in state.items() if k != "results"},
+    settings = {**{k: v for k, v in state.items() if k != "results"}, "malloc_tuned": malloc_tuned}
+    report = {"machine": perf.machine_info(), "settings": settings,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "benchmarks": state["results"], "seconds": {}}
     print(json.dumps(report["machine"]))
     for name in selected:

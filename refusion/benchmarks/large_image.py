@@ -89,7 +89,7 @@ def bench_large_image(state: dict) -> dict:
         "nafnet_tiled": _in_subprocess("nafnet_tiled", size=256 if smoke else 2048 if full else 1024,
                                        tile=512 if not smoke else 128, overlap=64 if not smoke else 32),
     }
-    compare_size, compare_tile = (128, 64) if smoke else (1024, 512) if full else (512, 256)
+    compare_size, compare_tile = (128, 64) if smoke else (2048, 512) if full else (512, 256)
     out["tiled_vs_whole"] = [_tiled_vs_whole(compare_size, compare_tile, compare_tile // 4, tlc)
                              for tlc in (None, compare_tile)]
     rows = [{"case": k, "image": f"{v.get('width', v.get('size'))}x{v.get('height', v.get('size'))}",

@@ -23,6 +23,8 @@ def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dic
     x_cl_bf = network_inputs(name, size, channels_last=True, dtype=torch.bfloat16)
     fns = {
         "fp32": lambda: net(*x),
+        # what the pipeline runs in float32: the caller's weights, channels_last inputs
+        "pipeline_fp32": lambda: net(*x_cl),
         "bf16_autocast": lambda: _autocast_call(net, x),
         "channels_last": lambda: net_cl(*x_cl),
         "channels_last_bf16_autocast": lambda: _autocast_call(net_cl, x_cl),
@@ -99,6 +101,7 @@ def bench_networks(state: dict) -> dict:
         rows.append({"network": name, "config": config, "params(M)": entry["parameters"] / 1e6,
                      "GFLOP": entry["forward_flops"] / 1e9, "fwd fp32 s": forward["fp32"]["median_s"],
                      "fp32 %gemm": 100 * forward["fp32"]["fraction_of_gemm"],
+                     "pipeline fp32 %gemm": 100 * forward["pipeline_fp32"]["fraction_of_gemm"],
                      "fwd bf16 s": forward["bf16_autocast"]["median_s"],
                      "bf16 x": forward["bf16_autocast"]["speedup_vs_fp32"],
                      "cl x": forward.get("channels_last", {}).get("speedup_vs_fp32"),
