@@ -304,4 +304,28 @@ def test_eca_kernel_size_and_multiplicative_weights():
     block_input = torch.randn(1, 16, 4, 4)
     net = NAFFTNet(**SMALL)
     blk = net.encoders[0][0]
-    torch.testing.assert_close(blk.attention(block_input), block_input * blk.eca(block_input))
+    torch.testing.assert_close(blk.attend_and_project(block_input), blk.conv3(block_input * blk.eca(block_input)))
+
+
+@pytest.mark.parametrize("make", [lambda: NAFNet(**SMALL), lambda: Baseline(**SMALL), lambda: NAFFTNet(**SMALL)],
+                         ids=["NAFNet", "Baseline", "NAFFTNet"])
+def test_single_image_attention_fold_equals_the_per_pixel_product(make):
+    # one image: the channel weights are folded into conv3's weight; a batch takes the plain product
+    torch.manual_seed(5)
+    net = make().eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.5)
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    net.double()
+    with torch.no_grad():
+        single = net(x)
+        batched = net(torch.cat([x, torch.rand_like(x)]))[:1]
+        block = net.encoders[0][0]
+        feature = torch.randn(1, block.conv3.in_channels, 8, 8, dtype=torch.float64)
+        attention = getattr(block, block.attention_key)
+        folded = block.attend_and_project(feature)
+        plain = block.conv3(feature * attention(feature))
+    torch.testing.assert_close(single, batched, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)

@@ -133,8 +133,19 @@ class NAFBlock(nn.Module):
     def make_gate(self) -> nn.Module:
         return SimpleGate()
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        return x * getattr(self, self.attention_key)(x)
+    def attend_and_project(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv3(attention(x))``.
+
+        For one image whose attention is one weight per channel (global pooling, not TLC's local
+        pooling), scaling conv3's input channels equals scaling the columns of its weight: the
+        per-channel product then costs a (C_out, C_in) multiply instead of a pass over the whole
+        feature map (measured in docs/performance.md).
+        """
+        weights = getattr(self, self.attention_key)(x)
+        conv = self.conv3
+        if x.shape[0] == 1 and weights.shape[-2:] == (1, 1) and type(conv) is nn.Conv2d and conv.kernel_size == (1, 1):
+            return F.conv2d(x, conv.weight * weights.reshape(1, -1, 1, 1).to(conv.weight.dtype), conv.bias)
+        return conv(x * weights)
 
     def forward(self, inp: torch.Tensor, time_emb: torch.Tensor | None = None) -> torch.Tensor:
         if self.mlp is not None:
@@ -148,7 +159,7 @@ class NAFBlock(nn.Module):
         if self.mlp is not None:
             x = torch.addcmul(shift_att, x, scale_att + 1)
         x = self.sg(self.conv2(self.conv1(x)))
-        x = self.dropout1(self.conv3(self.attention(x)))
+        x = self.dropout1(self.attend_and_project(x))
         y = torch.addcmul(inp, x, self.beta)
 
         x = self.norm2(y)
