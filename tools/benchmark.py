@@ -30,6 +30,7 @@ import torch
 from refusion import perf
 from refusion.allocator import tune_malloc
 from refusion.benchmarks.allocator import bench_allocator
+from refusion.benchmarks.block_ops import bench_block_ops
 from refusion.benchmarks.common import NETWORKS, bench_gemm
 from refusion.benchmarks.half_path import bench_half_path
 from refusion.benchmarks.large_image import bench_large_image
@@ -41,7 +42,7 @@ BENCHMARKS = {
     "threading": bench_threading, "gemm": bench_gemm, "networks": bench_networks, "layernorm": bench_layernorm,
     "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
     "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
-    "allocator": bench_allocator,
+    "allocator": bench_allocator, "block_ops": bench_block_ops,
 }
 
 
