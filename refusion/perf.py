@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-__all__ = ["gemm_gflops", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
+__all__ = ["gemm_gflops", "gemm_probe", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
            "peak_rss_bytes", "prepare_for_inference", "machine_info", "parameter_count"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -49,6 +49,26 @@ def gemm_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: i
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     seconds = median_time(lambda: torch.mm(a, b), repeats=repeats, warmup=1)
     return 2.0 * size ** 3 / seconds / 1e9
+
+
+def gemm_probe(dtype: torch.dtype = torch.float32, size: int = 1024, products: int = 16,
+               device: str | torch.device = "cpu") -> tuple[Callable[[], Any], int]:
+    """``(fn, flops)``: ``fn()`` runs ``products`` matrix products of ``size``^3 (``flops`` in all).
+
+    Timed in the same ``time_side_by_side`` call as the networks, it gives a GEMM rate measured
+    under the same conditions (clock, other load) as each network run, interleaved with them.
+    """
+    _check_positive_int("size", size)
+    _check_positive_int("products", products)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+
+    def fn():
+        for _ in range(products):
+            torch.mm(a, b)
+
+    return fn, 2 * size ** 3 * products
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

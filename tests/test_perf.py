@@ -47,6 +47,14 @@ def test_gemm_gflops_is_positive_and_validates():
         perf.gemm_gflops(size=8, repeats=0)
 
 
+def test_gemm_probe_counts_what_it_runs():
+    fn, flops = perf.gemm_probe(torch.float32, size=32, products=3)
+    assert flops == 3 * 2 * 32 ** 3
+    assert perf.count_flops(fn) == flops          # FlopCounterMode sees the same products
+    with pytest.raises(ValueError, match="products"):
+        perf.gemm_probe(products=0)
+
+
 def test_time_side_by_side_interleaves_calls_and_reports_every_run():
     order = []
     result = perf.time_side_by_side({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
