@@ -37,7 +37,7 @@ from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
 from refusion.loading import (REGRESSOR_NAMES, WEIGHTS_NAME, load_network, load_regressor,  # noqa: F401
                               network_channels, own_memory, read_run_task, spatial_multiple, weights_dir)
 from refusion.allocator import tune_malloc
-from refusion.precision import (HalfPrecisionNetwork, InferenceNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
+from refusion.precision import (InferenceNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
                                 to_float32)
 from refusion.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler

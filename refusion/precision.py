@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["half_dtype", "half_precision", "InferenceNetwork", "HalfPrecisionNetwork", "channels_last", "as_network_input", "to_float32",
+__all__ = ["half_dtype", "half_precision", "InferenceNetwork", "channels_last", "as_network_input", "to_float32",
            "check_finite", "nonfinite_hint"]
 
 
@@ -123,13 +123,6 @@ class InferenceNetwork:
         if self.weights is None:
             return fn(*args, **kwargs)
         return functional_call(self.runner, self.weights, (method, *args), kwargs)
-
-
-class HalfPrecisionNetwork(InferenceNetwork):
-    """:class:`InferenceNetwork` with ``half=True``."""
-
-    def __init__(self, module: Callable[..., Any], device: torch.device | str):
-        super().__init__(module, device, half=True)
 
 
 def _named_tensors(module: nn.Module):
