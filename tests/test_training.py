@@ -313,6 +313,25 @@ def test_cli_refuses_a_recipe_of_another_task(data, tmp_path, capsys):
     assert "already exists and is not empty" in capsys.readouterr().err
 
 
+def test_model_is_published_before_each_checkpoint(data, tmp_path, monkeypatch):
+    """A kill between the two publishes must not leave checkpoints without model/."""
+    from refusion.training import run_dir as rd
+
+    published = []
+    real_publish = rd.publish_dir
+
+    def recording_publish(tmp, final):
+        published.append(Path(final).name)
+        real_publish(tmp, final)
+
+    monkeypatch.setattr(rd, "publish_dir", recording_publish)
+    run = train(recipe_from_dict(tiny_recipe_dict(
+        "regressor", data, tmp_path / "run", total_iters=4, checkpoint_every=2, keep_checkpoints=1)))
+    order = [name for name in published if name == "model" or name.startswith("step_")]
+    assert order == ["model", "step_00000002", "model", "step_00000004"], published
+    assert (run / "model" / "config.json").is_file()
+
+
 def test_restart_cleans_up_after_a_kill(tmp_path):
     from refusion.training.run_dir import prepare_run_dir, prune_checkpoints, write_meta
 

@@ -440,9 +440,11 @@ def _save_checkpoint(run: _Run, step: int, position: int) -> None:
     if acc.is_main_process:
         rd.write_meta(tmp, {"step": step, "samples_seen": position, "num_processes": acc.num_processes,
                             "best_psnr": run.best_psnr if run.best_psnr > float("-inf") else None})
+        # model/ goes first: a kill between the two publishes then leaves model/ one checkpoint
+        # ahead (resume redoes those steps), never a run with checkpoints but no model/.
+        _save_run_weights(run)
         rd.publish_dir(tmp, final)
         rd.prune_checkpoints(run.run_dir, run.recipe.train.keep_checkpoints)
-        _save_run_weights(run)
     acc.wait_for_everyone()
 
 
