@@ -37,7 +37,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> to
     """
     h, w = x.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h == 0 and pad_w == 0:
+    # the early return is skipped while exporting: a branch on the input size would be frozen
+    # into the exported graph (ONNX), which then fails on sides that need padding
+    if pad_h == 0 and pad_w == 0 and not torch.compiler.is_exporting():
         return x
     if mode == "reflect" and (pad_h >= h or pad_w >= w):
         mode = "replicate"
