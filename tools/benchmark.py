@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the tool (numbers meaningless)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (implied by --full)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="networks benchmark: also time the ONNX export under ONNX Runtime (needs .[onnx])")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--run", help="a trained sde run directory (sampling and half_path benchmarks)")
     parser.add_argument("--regressor-run", help="a trained regressor run directory (half_path accuracy)")
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # measure what users get: the pipeline, restore and training tune malloc on CPU
     malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
     state = {"full": args.full, "smoke": args.smoke, "repeats": args.repeats, "compile": args.compile or args.full,
+             "onnx": args.onnx,
              "run": args.run, "regressor_run": args.regressor_run, "images": args.images,
              "networks": args.networks, "results": {}}
     settings = {**{k: v for k, v in state.items() if k != "results"}, "malloc_tuned": malloc_tuned}

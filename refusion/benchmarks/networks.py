@@ -12,7 +12,7 @@ from refusion.benchmarks.common import NETWORKS, autocast, build_network, gemm_r
 from refusion.models import final_output
 
 
-def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dict, dict]:
+def _forward_variants(name: str, net, size: int, compile_net: bool, onnx: bool = False) -> tuple[dict, dict]:
     """Callables for every inference variant plus their outputs (for the accuracy check)."""
     x = network_inputs(name, size)
     x_cl = network_inputs(name, size, channels_last=True)
@@ -32,6 +32,8 @@ def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dic
         "channels_last_bf16_weights": lambda: net_cl_bf(*x_cl_bf),
     }
     extra = {}
+    if onnx:
+        fns["onnxruntime_fp32"], extra["onnx_export_s"] = _onnxruntime_variant(net, x)
     if compile_net:
         compiled = perf.prepare_for_inference(copy.deepcopy(net), compile=True)
         start = time.perf_counter()
@@ -39,6 +41,25 @@ def _forward_variants(name: str, net, size: int, compile_net: bool) -> tuple[dic
         extra["compile_s"] = time.perf_counter() - start
         fns["compiled_fp32"] = lambda: compiled(*x)
     return fns, extra
+
+
+def _onnxruntime_variant(net, x: tuple):
+    """The network exported to ONNX (refusion.export) and run by ONNX Runtime on the same threads."""
+    import tempfile
+
+    import onnxruntime
+
+    from refusion.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        path = export_onnx(net, f"{folder}/net.onnx", check=False)["path"]
+        seconds = time.perf_counter() - start
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {i.name: v.numpy() for i, v in zip(session.get_inputs(), x)}
+    return (lambda: torch.from_numpy(session.run(None, feed)[-1])), seconds
 
 
 def _drop_failing(fns: dict) -> dict:
@@ -80,7 +101,7 @@ def bench_networks(state: dict) -> dict:
         with torch.inference_mode():
             entry["forward_flops"] = perf.count_flops(lambda: net(*x))
             compile_net = state["compile"] and (full or name == "ConditionalNAFNet-w16-quickstart")
-            fns, extra = _forward_variants(name, net, size, compile_net)
+            fns, extra = _forward_variants(name, net, size, compile_net, state.get("onnx", False))
             entry.update(extra)
             entry["failed_variants"] = _drop_failing(fns)
             # GEMM probes interleaved with the variants: the yardstick sees the same clock and load
@@ -110,6 +131,7 @@ def bench_networks(state: dict) -> dict:
                      "GFLOP": entry["forward_flops"] / 1e9, "fwd fp32 s": forward["fp32"]["median_s"],
                      "fp32 %gemm": 100 * forward["fp32"]["fraction_of_gemm"],
                      "pipeline fp32 %gemm": 100 * forward["pipeline_fp32"]["fraction_of_gemm"],
+                     "ort %gemm": 100 * forward["onnxruntime_fp32"]["fraction_of_gemm"] if "onnxruntime_fp32" in forward else None,
                      "fwd bf16 s": forward["bf16_autocast"]["median_s"],
                      "bf16 x": forward["bf16_autocast"]["speedup_vs_fp32"],
                      "cl x": forward.get("channels_last", {}).get("speedup_vs_fp32"),
