@@ -147,3 +147,23 @@ def test_machine_info_and_parameter_count():
 def test_run_with_peak_rss_imports_a_module_by_name():
     # "package.module:function" (the benchmarks' subprocess bodies) as well as a file path
     assert perf.run_with_peak_rss("json:dumps", {"obj": [1, 2]})["result"] == "[1, 2]"
+
+
+def test_layer_capture_sees_every_convolution_including_the_folded_one():
+    """The layers benchmark re-runs each layer on its captured input: one image takes the
+    attention fold (conv3 never called as a module), a batch of two does not; both must capture
+    the same layers, each with an input of its own channel count."""
+    from collections import Counter
+
+    from refusion.benchmarks.layers import captured_layers
+
+    net = _tiny_nafnet().eval()
+    single = captured_layers(net, (torch.rand(1, 3, 32, 32),))
+    batch = captured_layers(net, (torch.rand(2, 3, 32, 32),))
+    count = lambda calls: Counter(id(module) for module, _ in calls)  # noqa: E731
+    assert count(single) == count(batch)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert set(count(single)) >= {id(m) for m in convs} and all(count(single)[id(m)] == 1 for m in convs)
+    for module, x in single:  # each captured input is one the layer can run on
+        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.channels
+        assert x.shape[:2] == (1, channels), (module, x.shape)

@@ -34,6 +34,7 @@ from refusion.benchmarks.block_ops import bench_block_ops
 from refusion.benchmarks.common import NETWORKS, bench_gemm
 from refusion.benchmarks.half_path import bench_half_path
 from refusion.benchmarks.large_image import bench_large_image
+from refusion.benchmarks.layers import bench_layers
 from refusion.benchmarks.networks import bench_layernorm, bench_networks
 from refusion.benchmarks.sampling import bench_sampling, bench_scheduler
 from refusion.benchmarks.training import bench_dataloader, bench_threading, bench_train_step
@@ -42,7 +43,7 @@ BENCHMARKS = {
     "threading": bench_threading, "gemm": bench_gemm, "networks": bench_networks, "layernorm": bench_layernorm,
     "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
     "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
-    "allocator": bench_allocator, "block_ops": bench_block_ops,
+    "allocator": bench_allocator, "block_ops": bench_block_ops, "layers": bench_layers,
 }
 
 

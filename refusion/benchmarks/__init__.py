@@ -12,4 +12,5 @@ fresh processes for peak-RSS measurements are module-level and addressed as
 - half_path: the pipeline's half=True path against fp32 and autocast; its accuracy on trained runs.
 - training: training step, loss curves, data loader, OpenMP threading.
 - large_image: 6000x4000 latent and tiled paths, tiled NAFNet, tiled against whole.
+- layers: each convolution and LayerNorm alone, summed by kind, against the whole forward.
 """
