@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
+from refusion.config import TASK_MODELS
 from refusion.loading import network_channels
 from refusion.models import final_output
 
-__all__ = ["NOISE_NETWORKS", "example_inputs", "input_names", "export_onnx", "check_onnx"]
+__all__ = ["example_inputs", "input_names", "export_onnx", "check_onnx"]
 
-NOISE_NETWORKS = ("ConditionalNAFNet", "ConditionalUNet")
 INSTALL_HINT = 'ONNX export needs onnx, onnxscript and onnxruntime: pip install "refusion[onnx]"'
 
 
 def _is_noise_network(net) -> bool:
-    return type(net).__name__ in NOISE_NETWORKS
+    return type(net).__name__ in TASK_MODELS["sde"]
 
 
 def _cond_channels(net) -> int:
@@ -47,10 +47,7 @@ def input_names(net) -> list[str]:
 
 def example_inputs(net, *, batch: int = 1, height: int = 64, width: int = 64, seed: int = 0) -> tuple:
     """Random inputs of the right kinds and channel counts for ``net`` (float32, NCHW)."""
-    channels = network_channels(net)
-    if channels is None:
-        config = getattr(net, "config", None) or {}
-        channels = int(config.get("in_ch", 3))
+    channels = network_channels(net) or 3
     generator = torch.Generator().manual_seed(seed)
     image = lambda c: torch.rand(batch, c, height, width, generator=generator)  # noqa: E731
     if not _is_noise_network(net):

@@ -143,7 +143,7 @@ def spatial_multiple(net) -> int:
 def network_channels(net) -> int | None:
     """Image channels a network takes (None when it does not say)."""
     config = _config(net)
-    for key in ("img_channel", "in_nc", "in_chn"):
+    for key in ("img_channel", "in_nc", "in_chn", "in_ch"):
         if key in config:
             return int(config[key])
     return None

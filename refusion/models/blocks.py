@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _channel_layer_norm(x: torch.Tensor, channels: int, weight, bias, eps: float) -> torch.Tensor:
+def _channel_layer_norm(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
     # F.layer_norm over the last axis of the NHWC view: one fused kernel forward and backward
     # (about 7x faster than mean/var written out on CPU), and autocast runs it in float32.
-    # ``channels`` is the module's int, not x.shape[1]: ONNX export needs a constant shape.
-    y = F.layer_norm(x.permute(0, 2, 3, 1), (channels,), weight, bias, eps)
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps)
     return y.permute(0, 3, 1, 2)
 
 
@@ -29,12 +28,12 @@ class LayerNorm2d(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
-        self.channels, self.eps = channels, eps
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _channel_layer_norm(x, self.channels, self.weight, self.bias, self.eps)
+        return _channel_layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class GainLayerNorm2d(nn.Module):
@@ -46,11 +45,11 @@ class GainLayerNorm2d(nn.Module):
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
-        self.channels, self.eps = channels, eps
+        self.eps = eps
         self.g = nn.Parameter(torch.ones(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _channel_layer_norm(x, self.channels, self.g.view(-1), None, self.eps)
+        return _channel_layer_norm(x, self.g.view(-1), None, self.eps)
 
 
 class SimpleGate(nn.Module):
