@@ -2,8 +2,8 @@
 
 Noise networks (ConditionalNAFNet, ConditionalUNet) take ``x_t, mu, t`` (and ``cond`` when their
 ``cond_channels`` > 0), with ``t`` an int64 (B,) vector of timesteps as the pipeline passes it;
-every other network takes one ``image``. Any side works in the exported graph: the networks' own
-padding to a multiple of 2**levels and the crop back are part of it.
+every other network takes one ``image``. Any side from one padding multiple (2**levels) up works
+in the exported graph: the networks' own padding to that multiple and the crop back are part of it.
 
 The export uses torch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``); the older
 TorchScript exporter cannot export the single-image channel-attention fold of the NAFBlock, whose
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from refusion.config import TASK_MODELS
-from refusion.loading import network_channels
+from refusion.loading import network_channels, spatial_multiple
 from refusion.models import final_output
 
 __all__ = ["example_inputs", "input_names", "export_onnx", "check_onnx"]
@@ -84,8 +84,11 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     names = input_names(net)
     # not square: a square example lets the exporter tie the height and width symbols together
     inputs = example_inputs(net, batch=2, height=example_size, width=example_size + 16)
+    # below one padding multiple PyTorch pads by replication instead of reflection, a branch the
+    # exported graph does not keep: sides start at the multiple
+    multiple = max(spatial_multiple(net), int(getattr(net, "pad_multiple", 1)))
     batch = Dim("batch", min=1, max=1024)
-    height, width = Dim("height", min=8, max=65536), Dim("width", min=8, max=65536)
+    height, width = Dim("height", min=multiple, max=65536), Dim("width", min=multiple, max=65536)
     dynamic = tuple({0: batch, 2: height, 3: width} if x.dim() == 4 else {0: batch} for x in inputs)
     outputs = ["stage1", "output"] if len(_torch_outputs(net, inputs)) == 2 else ["output"]
     tmp = path.with_name(f".tmp-{path.name}")
