@@ -165,5 +165,5 @@ def test_layer_capture_sees_every_convolution_including_the_folded_one():
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert set(count(single)) >= {id(m) for m in convs} and all(count(single)[id(m)] == 1 for m in convs)
     for module, x in single:  # each captured input is one the layer can run on
-        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.channels
+        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.weight.numel()
         assert x.shape[:2] == (1, channels), (module, x.shape)
