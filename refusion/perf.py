@@ -9,6 +9,8 @@
   resident memory (what a user's process would need), plus its JSON result.
 - :func:`prepare_for_inference`: eval mode, no gradients, optional channels_last / dtype cast /
   ``torch.compile``.
+- :func:`activate_skip_gains`: give skip-initialised networks non-zero block gains, so an untrained
+  network's output depends on its blocks.
 - :func:`machine_info`: what the numbers were measured on.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-__all__ = ["gemm_gflops", "gemm_probe", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
+__all__ = ["activate_skip_gains", "gemm_gflops", "gemm_probe", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
            "peak_rss_bytes", "prepare_for_inference", "machine_info", "parameter_count"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -230,6 +232,19 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = False, dtyp
         model.to(memory_format=torch.channels_last)
     if compile:
         return torch.compile(model, mode=compile_mode, dynamic=False)
+    return model
+
+
+def activate_skip_gains(model: nn.Module, std: float) -> nn.Module:
+    """Draw every ``beta``/``gamma`` from N(0, std) (torch's global generator); returns ``model``.
+
+    NAFBlocks start as the identity (skip-init gains at zero), so an untrained network would time,
+    export or compare as if its blocks did nothing.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, std)
     return model
 
 

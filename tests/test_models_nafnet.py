@@ -15,6 +15,7 @@ from refusion.models import MODELS, Baseline, ConditionalNAFNet, NAFFTNet, NAFNe
 from refusion.models.blocks import LayerNorm2d
 from refusion.models.nafft import DOConv2d, EfficientChannelAttention, FFTSkipBlock, eca_kernel_size
 from refusion.models.nafnet import LocalAvgPool2d, box_mean, convert_to_local_pooling, local_pooling
+from refusion.perf import activate_skip_gains
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).parent / "data"
@@ -312,11 +313,7 @@ def test_eca_kernel_size_and_multiplicative_weights():
 def test_single_image_attention_fold_equals_the_per_pixel_product(make):
     # one image: the channel weights are folded into conv3's weight; a batch takes the plain product
     torch.manual_seed(5)
-    net = make().eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.5)
+    net = activate_skip_gains(make(), 0.5).eval()
     x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
     net.double()
     with torch.no_grad():

@@ -14,6 +14,7 @@ import refusion.pipeline as pipeline_module
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.latent_unet import LatentUNet
 from refusion.models.nafnet import NAFNet
+from refusion.perf import activate_skip_gains
 from refusion.pipeline import RefusionPipeline, load_pipeline, restore, sample, sde_sample
 from refusion.schedulers.ir_sde import IRSDEScheduler
 
@@ -31,12 +32,7 @@ def tiny_noise_net(channels=3, seed=0):
     torch.manual_seed(seed)
     net = ConditionalNAFNet(img_channel=channels, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
                             dec_blk_nums=[1, 1])
-    # skip-init leaves beta/gamma at zero, which would hide the blocks: give them weight
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.5)
-    return net.eval()
+    return activate_skip_gains(net, 0.5).eval()
 
 
 def gens(*seeds):
@@ -296,11 +292,7 @@ def test_half_sampling_runs_bf16_channels_last_weights_close_to_float32_and_leav
 
 def test_half_restore_is_close_to_float32_and_leaves_the_network_alone():
     torch.manual_seed(0)
-    net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.5)
+    net = activate_skip_gains(NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]), 0.5).eval()
     lq = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         direct = net(lq).clamp(0, 1)
