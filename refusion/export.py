@@ -24,7 +24,7 @@ from refusion.config import TASK_MODELS
 from refusion.loading import network_channels, spatial_multiple
 from refusion.models import final_output
 
-__all__ = ["example_inputs", "input_names", "export_onnx", "check_onnx"]
+__all__ = ["example_inputs", "input_names", "export_onnx", "runtime_session", "check_onnx"]
 
 INSTALL_HINT = 'ONNX export needs onnx, onnxscript and onnxruntime: pip install "refusion[onnx]"'
 
@@ -111,6 +111,17 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     return {"path": str(path), "inputs": names, "outputs": outputs, "max_abs_error": error}
 
 
+def runtime_session(path: str | Path):
+    """An ONNX Runtime CPU session for the model at ``path``, on as many threads as torch uses."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def check_onnx(net: torch.nn.Module, path: str | Path, *, tolerance: float = 1e-4) -> float:
     """Run the ONNX model at ``path`` with ONNX Runtime against ``net``; the largest difference.
 
@@ -118,13 +129,7 @@ def check_onnx(net: torch.nn.Module, path: str | Path, *, tolerance: float = 1e-
     of 64x64. Raises a RuntimeError when the final outputs differ by more than ``tolerance`` times
     the output's largest magnitude (at least 1).
     """
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = runtime_session(path)
     names = [i.name for i in session.get_inputs()]
     worst = 0.0
     for batch, height, width in ((1, 45, 70), (3, 64, 64)):

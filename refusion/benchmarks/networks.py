@@ -47,17 +47,13 @@ def _onnxruntime_variant(net, x: tuple):
     """The network exported to ONNX (refusion.export) and run by ONNX Runtime on the same threads."""
     import tempfile
 
-    import onnxruntime
-
-    from refusion.export import export_onnx
+    from refusion.export import export_onnx, runtime_session
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         path = export_onnx(net, f"{folder}/net.onnx", check=False)["path"]
         seconds = time.perf_counter() - start
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = runtime_session(path)
     feed = {i.name: v.numpy() for i, v in zip(session.get_inputs(), x)}
     return (lambda: torch.from_numpy(session.run(None, feed)[-1])), seconds
 
