@@ -21,7 +21,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_malloc", "malloc_tuned", "ENV_VAR"]
+__all__ = ["tune_malloc", "tune_malloc_for", "malloc_tuned", "ENV_VAR"]
 
 ENV_VAR = "REFUSION_MALLOC_TUNING"
 _M_TRIM_THRESHOLD = -1
@@ -63,6 +63,12 @@ def tune_malloc(threshold: int = _DEFAULT_THRESHOLD) -> bool:
     if applied:
         _state["tuned"] = threshold
     return applied
+
+
+def tune_malloc_for(device) -> bool:
+    """:func:`tune_malloc` when ``device`` is the CPU (feature maps then reuse the heap instead of
+    being page-faulted in at every layer); False for other devices, whose memory malloc does not hold."""
+    return str(device).startswith("cpu") and tune_malloc()
 
 
 def malloc_tuned() -> bool:

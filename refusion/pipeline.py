@@ -36,7 +36,7 @@ from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
 # re-exported: callers import the loaders, restore and the checks from refusion.pipeline
 from refusion.loading import (REGRESSOR_NAMES, WEIGHTS_NAME, load_network, load_regressor,  # noqa: F401
                               network_channels, own_memory, read_run_task, spatial_multiple, weights_dir)
-from refusion.allocator import tune_malloc
+from refusion.allocator import tune_malloc_for
 from refusion.precision import (InferenceNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
                                 to_float32)
 from refusion.restoration import restore
@@ -208,8 +208,7 @@ class RefusionPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if self.device.type == "cpu":
-            tune_malloc()  # feature maps reuse the heap instead of being page-faulted in at every layer
+        tune_malloc_for(self.device)
         with torch.inference_mode():
             restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
                                      latent, cond, progress, half)

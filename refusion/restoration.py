@@ -16,7 +16,7 @@ from diffusers import DiffusionPipeline
 
 from refusion.inputs import from_batch, to_batch
 from refusion.loading import load_regressor, run_train_patch, spatial_multiple
-from refusion.allocator import tune_malloc
+from refusion.allocator import tune_malloc_for
 from refusion.precision import InferenceNetwork, check_finite, to_float32
 from refusion.tiling import tiled_apply, validate_tiling
 
@@ -66,8 +66,7 @@ def restore(
     if isinstance(model, torch.nn.Module):
         params = list(model.parameters())
         x = x.to(params[0].device if params else (device or x.device))
-    if x.device.type == "cpu":
-        tune_malloc()  # feature maps reuse the heap instead of being page-faulted in at every layer
+    tune_malloc_for(x.device)
     multiple = spatial_multiple(model)
     if tile_size is not None:
         validate_tiling(tile_size, tile_overlap, multiple)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from refusion import allocator
 
@@ -67,6 +68,11 @@ restore(torch.rand(1, 3, 16, 16), model=NAFNet(width=8, enc_blk_nums=[1], dec_bl
 print(json.dumps({"before": before, "after": allocator.malloc_tuned()}))
 """
     assert _run(script) == {"before": False, "after": True}
+
+
+def test_tune_malloc_for_applies_on_cpu_only():
+    assert allocator.tune_malloc_for("cuda:0") is False
+    assert allocator.tune_malloc_for(torch.device("cpu")) == allocator.tune_malloc()
 
 
 def test_tune_malloc_is_idempotent_and_checks_its_argument():

@@ -28,7 +28,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from refusion.allocator import tune_malloc
+from refusion.allocator import tune_malloc_for
 from refusion.training import objectives as objectives_module
 from refusion.training import run_dir as rd
 from refusion.training.data_stream import stream_loader
@@ -85,8 +85,7 @@ def train(recipe, *, resume: bool = False, overwrite: bool = False, stop_at_step
         log_with="tensorboard" if recipe.logging.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
-    if accelerator.device.type == "cpu":
-        tune_malloc()  # activations reuse the heap instead of being page-faulted in at every layer
+    tune_malloc_for(accelerator.device)
     try:
         _open_run_dir(accelerator, run_dir, recipe, resume=resume, overwrite=overwrite)
         run = _build_run(recipe, run_dir, accelerator)
