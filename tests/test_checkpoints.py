@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from refusion.checkpoints import (
+from refusion.official.checkpoints import (
     CheckpointError,
     CheckpointMismatchError,
     extract_state_dict,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refusion.checkpoints import load_official
+from refusion.official.checkpoints import load_official
 from refusion.models import MODELS, Baseline, ConditionalNAFNet, NAFFTNet, NAFNet, build_model
 from refusion.models.blocks import LayerNorm2d
 from refusion.models.nafft import DOConv2d, EfficientChannelAttention, FFTSkipBlock, eca_kernel_size

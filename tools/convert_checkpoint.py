@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from refusion.checkpoints import CheckpointError, load_official
+from refusion.official.checkpoints import CheckpointError, load_official
 from refusion.models import MODELS
 
 

@@ -1,0 +1,1 @@
+"""Official checkpoints and option files: safe reading, architecture detection, import to ready folders."""
