@@ -1,5 +1,15 @@
-"""refusion: diffusion image restoration (IR-SDE / Refusion) with deterministic baselines."""
+"""refusion: diffusion image restoration (IR-SDE / Refusion) with deterministic baselines.
+
+The public API: the scheduler, the pipeline and its one-line forms, the networks (``refusion.models``),
+the metrics (``refusion.metrics``, i.e. refusion.evaluation.metrics) and official formats
+(``refusion.official``). Everything else is imported from its layer (see docs/architecture.md).
+"""
 __version__ = "0.1.0"
+from refusion import models, official
+from refusion.evaluation import metrics
+from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sample
+from refusion.inference.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler, IRSDESchedulerOutput
-from refusion import models
-from refusion.pipeline import RefusionPipeline, load_pipeline, restore, sample
+
+__all__ = ["IRSDEScheduler", "IRSDESchedulerOutput", "RefusionPipeline", "load_pipeline", "sample", "restore",
+           "models", "metrics", "official"]

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from refusion.config import load_recipe
-from refusion.evaluation import evaluate_runs
-from refusion.synthetic import build_dataset
+from refusion.evaluation.evaluate import evaluate_runs
+from refusion.data.synthetic import build_dataset
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # the paper setting, then the few-step samplers of docs/sampling.md (the Euler sde at 100 steps costs as

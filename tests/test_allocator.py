@@ -1,4 +1,4 @@
-"""refusion.allocator: glibc malloc keeps freed feature maps instead of page-faulting them in again."""
+"""refusion.inference.allocator: glibc malloc keeps freed feature maps instead of page-faulting them in again."""
 import json
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from refusion import allocator
+from refusion.inference import allocator
 
 glibc_only = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc's mallopt")
 
@@ -61,7 +61,8 @@ def test_environment_variable_leaves_malloc_alone():
 def test_pipeline_and_restore_tune_malloc_on_cpu():
     script = """
 import json, torch
-from refusion import allocator, restore
+from refusion import restore
+from refusion.inference import allocator
 from refusion.models import NAFNet
 before = allocator.malloc_tuned()
 restore(torch.rand(1, 3, 16, 16), model=NAFNet(width=8, enc_blk_nums=[1], dec_blk_nums=[1]).eval(), progress=False)

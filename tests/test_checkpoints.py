@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from refusion.models import ConditionalNAFNet, NAFNet
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).parent / "data"
 SMALL = dict(width=16, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +125,7 @@ def test_safetensors_round_trip_and_strict_errors(official_sd, tmp_path):
 
 
 def test_convert_checkpoint_tool(tmp_path):
-    import convert_checkpoint
+    from refusion.cli import convert as convert_checkpoint
 
     src = tmp_path / "official.pth"
     torch.save({"params": torch.load(DATA / "net_nafnet_small.pt", weights_only=True)}, src)

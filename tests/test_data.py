@@ -1,4 +1,4 @@
-"""Image I/O (refusion.image_io), pairing and the paired dataset (refusion.data)."""
+"""Image I/O (refusion.data.image_io), pairing and the paired dataset (refusion.data)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from refusion.data import PairedImageDataset, find_pairs, load_condition_vectors
-from refusion.image_io import ImageReadError, from_tensor, image_bit_depth, read_image, to_tensor, write_image
+from refusion.data.paired import PairedImageDataset, find_pairs, load_condition_vectors
+from refusion.data.image_io import ImageReadError, from_tensor, image_bit_depth, read_image, to_tensor, write_image
 
 RNG = np.random.default_rng(1234)
 
@@ -75,7 +75,7 @@ def test_jpeg_round_trip_and_depth_errors(tmp_path):
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    import refusion.image_io as image_io
+    import refusion.data.image_io as image_io
 
     target = write_image(tmp_path / "keep.png", random_uint8())
     before = target.read_bytes()

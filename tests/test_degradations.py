@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refusion import degradations as D
+from refusion.data import degradations as D
 
 
 def photo(size=96, seed=0) -> np.ndarray:

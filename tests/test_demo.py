@@ -4,7 +4,7 @@ import math
 import os
 
 from refusion.demo import run_demo
-from refusion.synthetic import build_dataset
+from refusion.data.synthetic import build_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,16 +1,16 @@
 """ONNX export: every network family exports with dynamic batch/height/width and ONNX Runtime
 reproduces the PyTorch outputs; the CLI writes, refuses to overwrite and names bad inputs."""
 import copy
-import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from refusion.export import check_onnx, export_onnx, input_names
+from refusion.cli import export as export_cli
+from refusion.inference.export import check_onnx, export_onnx, input_names
 from refusion.models import ConditionalNAFNet, HINet, LatentUNet, NAFFTNet, NAFNet
-from refusion.perf import activate_skip_gains
+from refusion.benchmarks.perf import activate_skip_gains
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1])
@@ -55,7 +55,7 @@ def test_check_finds_a_different_network(tmp_path):
 
 
 def run_cli(*args, capsys):
-    code = runpy.run_path(str(ROOT / "tools/export_onnx.py"))["main"]([str(a) for a in args])
+    code = export_cli.main([str(a) for a in args])
     out = capsys.readouterr()
     return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 

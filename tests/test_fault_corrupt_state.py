@@ -8,17 +8,17 @@ our safetensors belong, and a flipped bit in the published weights (model/ check
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from refusion.checksums import WEIGHTS_MANIFEST
 from refusion.config import recipe_from_dict
+from refusion.errors import CorruptWeightsError
 from refusion.training import CheckpointError, RunDirError, train
 from refusion.training import run_dir as rd
 from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
@@ -174,16 +174,16 @@ def test_a_run_killed_before_its_first_checkpoint_asks_for_overwrite(data, tmp_p
 def test_cli_refuses_an_existing_run_without_resume_or_overwrite(data, run, tmp_path, capsys):
     import yaml
 
-    from refusion.training.cli import main
+    from refusion.cli.train import main
 
     path = tmp_path / "recipe.yml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict("regressor", data, run, total_iters=6, checkpoint_every=2,
                                                     ema_decay=0.5)))
     before = snapshot(run)
-    assert main("regressor", [str(path)]) == 1
+    assert main([str(path)], task="regressor") == 1
     assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
     assert snapshot(run) == before
-    assert main("regressor", [str(path), "--resume"]) == 0
+    assert main([str(path), "--resume"], task="regressor") == 0
     assert [p.name for p in rd.list_checkpoints(run)][-1] == "step_00000006"
 
 
@@ -237,17 +237,15 @@ def test_checkpoint_weights_as_a_pickle_are_refused(data, run):
 
 
 def _restore_tool():
-    spec = importlib.util.spec_from_file_location("restore_tool_corrupt", ROOT / "tools" / "restore.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from refusion.cli import restore
+    return restore
 
 
 @pytest.fixture
 def image(tmp_path) -> Path:
     import numpy as np
 
-    from refusion.data import write_image
+    from refusion.data.image_io import write_image
 
     path = tmp_path / "images" / "photo.png"
     write_image(path, np.random.default_rng(0).random((16, 16, 3)))
@@ -302,15 +300,15 @@ def _sha256(path: Path) -> str:
 
 
 def test_published_weights_carry_the_sha256_of_every_file(pristine):
-    manifest = json.loads((pristine / "model" / rd.WEIGHTS_MANIFEST).read_text())
-    files = sorted(p.name for p in (pristine / "model").iterdir() if p.name != rd.WEIGHTS_MANIFEST)
+    manifest = json.loads((pristine / "model" / WEIGHTS_MANIFEST).read_text())
+    files = sorted(p.name for p in (pristine / "model").iterdir() if p.name != WEIGHTS_MANIFEST)
     assert sorted(manifest["files"]) == files == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert all(manifest["files"][name] == _sha256(pristine / "model" / name) for name in files)
 
 
 @pytest.mark.parametrize("name", ["config.json", "diffusion_pytorch_model.safetensors"])
 def test_a_flipped_bit_in_run_weights_is_named_by_every_loader(run, name):
-    from refusion.pipeline import load_network, load_regressor
+    from refusion.inference.loading import load_network, load_regressor
 
     path = run / "model" / name
     expected = _sha256(path)
@@ -319,11 +317,11 @@ def test_a_flipped_bit_in_run_weights_is_named_by_every_loader(run, name):
     path.write_bytes(bytes(raw))
     found = _sha256(path)
     message = (f"weight file '{path}' is corrupt: sha256 {found} found, {expected} expected (recorded in "
-               f"'{run / 'model' / rd.WEIGHTS_MANIFEST}')")
+               f"'{run / 'model' / WEIGHTS_MANIFEST}')")
     loaders = [lambda: rd.load_model_dir(run / "model"), lambda: rd.load_autoencoder_run(run),
                lambda: load_network(run / "model"), lambda: load_regressor(run)]
     for load in loaders:
-        with pytest.raises(rd.CorruptWeightsError) as info:
+        with pytest.raises(CorruptWeightsError) as info:
             load()
         assert message in str(info.value)
         assert isinstance(info.value, ValueError) and isinstance(info.value, rd.RunDirError)
@@ -339,14 +337,14 @@ def test_a_broken_weights_manifest_or_missing_listed_file_is_named(run, damage, 
     if damage == "delete_listed":
         (model / "diffusion_pytorch_model.safetensors").unlink()
     elif damage == "manifest_cut":
-        raw = (model / rd.WEIGHTS_MANIFEST).read_bytes()
-        (model / rd.WEIGHTS_MANIFEST).write_bytes(raw[: len(raw) // 2])
+        raw = (model / WEIGHTS_MANIFEST).read_bytes()
+        (model / WEIGHTS_MANIFEST).write_bytes(raw[: len(raw) // 2])
     else:
-        (model / rd.WEIGHTS_MANIFEST).write_text('{"files": ["config.json"]}')
-    with pytest.raises(rd.CorruptWeightsError, match=expected.replace(".", r"\.")):
+        (model / WEIGHTS_MANIFEST).write_text('{"files": ["config.json"]}')
+    with pytest.raises(CorruptWeightsError, match=expected.replace(".", r"\.")):
         rd.load_model_dir(model)
 
 
 def test_weights_without_a_manifest_still_load(run):
-    (run / "model" / rd.WEIGHTS_MANIFEST).unlink()       # e.g. a run written before checksums existed
+    (run / "model" / WEIGHTS_MANIFEST).unlink()       # e.g. a run written before checksums existed
     assert type(rd.load_model_dir(run / "model")).__name__ == "NAFNet"

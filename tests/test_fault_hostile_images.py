@@ -1,14 +1,13 @@
 """Hostile image files: every decoder path fuzzed, decompression bombs in every format, and the
 restore command on a folder of hostile files with a model trained by the engine.
 
-Contract (refusion/data.py, tools/restore.py): a file gives an upright float32 RGB image in [0, 1]
+Contract (refusion/data/paired.py, tools/restore.py): a file gives an upright float32 RGB image in [0, 1]
 or an ImageReadError naming it; a declared size above the pixel limit is refused before decoding;
 the restore command restores what it can, reports the rest, and never overwrites an input (nor one
 of its own outputs with another).
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
 import time
@@ -22,13 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from refusion.data import ImageReadError, image_bit_depth, read_image, write_image
+from refusion.data.image_io import ImageReadError, image_bit_depth, read_image, write_image
 from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("restore_tool_hostile", ROOT / "tools" / "restore.py")
-restore_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(restore_tool)
+from refusion.cli import restore as restore_tool
 
 RNG = np.random.default_rng(7)
 FUZZ_PIXEL_LIMIT = 4_000_000   # a mutated header may declare a big image: keep each decode small
@@ -315,7 +312,7 @@ def test_input_that_links_into_the_output_folder_is_not_overwritten(tmp_path, tr
 
 def test_restored_image_is_the_models_output(tmp_path, trained_run):
     # not only "a file appeared": the result is the trained network applied to the image
-    from refusion.pipeline import load_regressor
+    from refusion.inference.loading import load_regressor
 
     path = tmp_path / "in" / "x y.png"
     path.parent.mkdir()

@@ -39,7 +39,7 @@ ZYGOTE = r"""
 import json, os, sys, traceback
 import torch
 torch.set_num_threads(1)
-from refusion.training.cli import main
+from refusion.cli.train import main
 print("ready", flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -50,7 +50,7 @@ for line in sys.stdin:
             fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            code = main("regressor", job["argv"])
+            code = main(job["argv"], task="regressor")
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

@@ -21,7 +21,7 @@ from test_training import make_pairs, one_thread  # noqa: F401 (autouse fixture)
 FAULTY = """
 import os, signal, sys
 from refusion.training import objectives
-from refusion.training.cli import main
+from refusion.cli.train import main
 
 real, calls = objectives.OBJECTIVES["sde"], []
 
@@ -33,7 +33,7 @@ def faulty(*args, **kwargs):
     return loss, logs
 
 objectives.OBJECTIVES["sde"] = faulty
-sys.exit(main("sde"))
+sys.exit(main(task="sde"))
 """
 
 

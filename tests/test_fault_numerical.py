@@ -8,8 +8,6 @@ FloatingPointError (naming the sampling step) instead of becoming a clamped garb
 """
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import warnings
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from refusion.config import recipe_from_dict
-from refusion.data import ImageReadError, read_image, write_image
+from refusion.data.image_io import ImageReadError, read_image, write_image
 from refusion.training import NonFiniteLossError, objectives, train
 from refusion.training.run_dir import list_checkpoints, verify_checkpoint
 from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
@@ -98,10 +96,8 @@ def test_inf_loss_in_the_second_micro_step_stops_before_the_update(data, tmp_pat
 
 
 def _restore_tool():
-    spec = importlib.util.spec_from_file_location("restore_tool_numerical", ROOT / "tools" / "restore.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from refusion.cli import restore
+    return restore
 
 
 def _regressor_dir(path: Path, *, nan_weights: bool = False) -> Path:
@@ -154,7 +150,7 @@ def test_nan_weights_are_refused_and_nothing_is_written(tmp_path, capsys):
 @pytest.fixture
 def sde_pipe():
     from refusion.models.conditional_nafnet import ConditionalNAFNet
-    from refusion.pipeline import RefusionPipeline
+    from refusion.inference.pipeline import RefusionPipeline
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     torch.manual_seed(0)
@@ -207,7 +203,7 @@ class NaNAtCall(torch.nn.Module):
 
 @pytest.mark.parametrize("bad_call, value, half", [(2, float("nan"), False), (4, float("inf"), True)])
 def test_the_first_non_finite_step_is_named(sde_pipe, bad_call, value, half):
-    from refusion.pipeline import sample
+    from refusion.inference.pipeline import sample
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     net = NaNAtCall(sde_pipe.unet, bad_call, value)
@@ -223,7 +219,7 @@ def test_the_first_non_finite_step_is_named(sde_pipe, bad_call, value, half):
 
 
 def test_a_regressor_returning_nan_raises():
-    from refusion.pipeline import restore
+    from refusion.inference.restoration import restore
 
     net = _NaNForBrightImages()
     with pytest.raises(FloatingPointError, match="the output of the _NaNForBrightImages network holds NaN or Inf"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from refusion.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
+from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 from refusion.training.objectives import (latent_statistics_penalty, regressor_objective,
                                           sde_objective)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from refusion import lpips_weights
-from refusion.lpips_weights import LPIPSUnavailable, RestrictedUnpickler, restricted_load
+from refusion.evaluation import lpips_weights
+from refusion.evaluation.lpips_weights import LPIPSUnavailable, RestrictedUnpickler, restricted_load
 
 
 class _RunsShellCommand:
@@ -133,8 +133,8 @@ def test_installed_weights_are_the_real_backbones():
 def test_status_reports_missing_weights(empty_weight_cache, capsys):
     assert lpips_weights.main(["status"]) == 1
     out = capsys.readouterr().out
-    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.lpips_weights install" in out
-    with pytest.raises(LPIPSUnavailable, match="python -m refusion.lpips_weights install"):
+    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.evaluation.lpips_weights install" in out
+    with pytest.raises(LPIPSUnavailable, match="python -m refusion.evaluation.lpips_weights install"):
         lpips_weights.load_backbone("alex")
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from refusion.data import PairedImageDataset, find_pairs
-from refusion.image_io import read_image
-from refusion.synthetic import SOURCES, build_dataset, verify_dataset
+from refusion.data.paired import PairedImageDataset, find_pairs
+from refusion.data.image_io import read_image
+from refusion.data.synthetic import SOURCES, build_dataset, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(size=32, num_train=10, num_val=2, num_test=2)
@@ -96,10 +95,8 @@ def test_refuses_to_overwrite_and_validates(built, tmp_path):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("make_dataset", ROOT / "tools" / "make_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from refusion.cli import dataset
+    return dataset
 
 
 def test_command_line(tmp_path, capsys):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from refusion import lpips_weights, metrics
-from refusion.metrics import LPIPSUnavailable
+from refusion.evaluation import lpips_weights, metrics
+from refusion.evaluation.lpips_weights import LPIPSUnavailable
 
 DATA = Path(__file__).parent / "data" / "metrics"
 REF = json.loads((DATA / "values.json").read_text())
@@ -205,7 +205,7 @@ def test_missing_weights_raise_unavailable_with_command(empty_weight_cache):
     with pytest.raises(LPIPSUnavailable) as err:
         metrics.lpips(a, a, net="vgg")
     message = str(err.value)
-    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.lpips_weights install" in message
+    assert f"REFUSION_CACHE_DIR={empty_weight_cache / 'cache'} python -m refusion.evaluation.lpips_weights install" in message
     assert str(empty_weight_cache / "cache" / "lpips" / "vgg.safetensors") in message
 
 
@@ -214,7 +214,7 @@ def test_metric_set_reports_unavailable_lpips(empty_weight_cache):
     result = metrics.evaluate_pair(a, a + 1)
     assert result["psnr"] == pytest.approx(10 * np.log10(255.0 ** 2), abs=1e-12)
     assert result["lpips"] is None
-    assert "python -m refusion.lpips_weights install" in result["lpips_unavailable"]
+    assert "python -m refusion.evaluation.lpips_weights install" in result["lpips_unavailable"]
 
 
 def test_corrupt_cached_weights_are_unavailable(empty_weight_cache):

@@ -15,7 +15,7 @@ from refusion.models import MODELS, Baseline, ConditionalNAFNet, NAFFTNet, NAFNe
 from refusion.models.blocks import LayerNorm2d
 from refusion.models.nafft import DOConv2d, EfficientChannelAttention, FFTSkipBlock, eca_kernel_size
 from refusion.models.nafnet import LocalAvgPool2d, box_mean, convert_to_local_pooling, local_pooling
-from refusion.perf import activate_skip_gains
+from refusion.benchmarks.perf import activate_skip_gains
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = Path(__file__).parent / "data"

@@ -66,7 +66,7 @@ def test_one_process_failing_ends_the_run_and_resume_works(data, tmp_path):
     script.write_text(textwrap.dedent("""
         import os, sys
         from refusion.training import objectives
-        from refusion.training.cli import main
+        from refusion.cli.train import main
 
         real, calls = objectives.OBJECTIVES["sde"], []
 
@@ -77,7 +77,7 @@ def test_one_process_failing_ends_the_run_and_resume_works(data, tmp_path):
             return real(*args, **kwargs)
 
         objectives.OBJECTIVES["sde"] = faulty
-        sys.exit(main("sde"))
+        sys.exit(main(task="sde"))
     """))
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path / "tiny.yml", data, out, total_iters=4, checkpoint_every=2)

@@ -1,11 +1,11 @@
-"""Functional tests of the measuring helpers (refusion.perf). No timing is ever asserted."""
+"""Functional tests of the measuring helpers (refusion.benchmarks.perf). No timing is ever asserted."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.models import NAFNet
 
 

@@ -10,12 +10,13 @@ from PIL import Image
 from torch import nn
 
 import refusion
-import refusion.pipeline as pipeline_module
+import refusion.inference.pipeline as pipeline_module
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.latent_unet import LatentUNet
 from refusion.models.nafnet import NAFNet
-from refusion.perf import activate_skip_gains
-from refusion.pipeline import RefusionPipeline, load_pipeline, restore, sample, sde_sample
+from refusion.benchmarks.perf import activate_skip_gains
+from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sample, sde_sample
+from refusion.inference.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler
 
 

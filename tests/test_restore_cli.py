@@ -1,5 +1,4 @@
 """tools/restore.py: folders, corrupt files, bit depth, no overwrite of inputs, unusual paths."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,16 +7,13 @@ import torch
 import yaml
 from PIL import Image
 
-from refusion.image_io import image_bit_depth, read_image, write_image
+from refusion.data.image_io import image_bit_depth, read_image, write_image
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.nafnet import NAFNet
 from refusion.schedulers.ir_sde import IRSDEScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "restore.py"
-spec = importlib.util.spec_from_file_location("restore_tool", TOOL)
-restore_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(restore_tool)
+from refusion.cli import restore as restore_tool
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -1,8 +1,6 @@
 """tools/sampling_trajectory.py: x0 estimates along posterior sampling, and the tool end to end."""
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +8,12 @@ import pytest
 import torch
 import yaml
 
-from refusion.image_io import write_image
+from refusion.data.image_io import write_image
 from refusion.models.conditional_nafnet import ConditionalNAFNet
+from refusion.cli import sampling_trajectory as tool
 from refusion.schedulers.ir_sde import IRSDEScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))  # the tool imports its sibling sampling_study
-spec = importlib.util.spec_from_file_location("sampling_trajectory", ROOT / "tools" / "sampling_trajectory.py")
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

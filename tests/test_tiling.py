@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from refusion.tiling import blend_weights_1d, tile_layout, tile_starts, tiled_apply, validate_tiling
+from refusion.inference.tiling import blend_weights_1d, tile_layout, tile_starts, tiled_apply, validate_tiling
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

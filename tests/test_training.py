@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from refusion.config import recipe_from_dict  # noqa: E402
-from refusion.data import PairedImageDataset, write_image  # noqa: E402
+from refusion.data.paired import PairedImageDataset  # noqa: E402
+from refusion.data.image_io import write_image
 from refusion.training import CheckpointError, NonFiniteLossError, RunDirError, train  # noqa: E402
 from refusion.training import objectives  # noqa: E402
 from refusion.training.data_stream import StreamDataset, stream_loader  # noqa: E402
@@ -200,8 +201,8 @@ def test_tiny_sde_run(data, tmp_path):
     assert saved.config.num_train_timesteps == 20 and saved.config.max_sigma == 50
     assert_checksums(run / "scheduler")
     # an edited scheduler config (one digit of max_sigma) is caught before sampling with it
-    from refusion.pipeline import load_pipeline
-    from refusion.training.run_dir import CorruptWeightsError
+    from refusion.inference.pipeline import load_pipeline
+    from refusion.errors import CorruptWeightsError
 
     config = run / "scheduler" / "scheduler_config.json"
     config.write_text(config.read_text().replace('"max_sigma": 50', '"max_sigma": 51'))
@@ -300,16 +301,16 @@ def test_existing_run_dir_is_refused(data, tmp_path):
 def test_cli_refuses_a_recipe_of_another_task(data, tmp_path, capsys):
     import yaml
 
-    from refusion.training.cli import main
+    from refusion.cli.train import main
 
     path = tmp_path / "nafnet.yml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict("regressor", data, tmp_path / "run")))
-    assert main("sde", [str(path), "--set", "train.total_iters=2"]) == 2
+    assert main([str(path), "--set", "train.total_iters=2"], task="sde") == 2
     assert "is a 'regressor' recipe; tools/train_sde.py trains 'sde' recipes: use tools/train_regressor.py" \
         in capsys.readouterr().err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("")
-    assert main("regressor", [str(path)]) == 1
+    assert main([str(path)], task="regressor") == 1
     assert "already exists and is not empty" in capsys.readouterr().err
 
 

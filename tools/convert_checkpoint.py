@@ -1,54 +1,7 @@
-"""Convert an official checkpoint (NAFNet/Baseline/HINet .pth, IR-SDE .pth) to a save_pretrained directory.
-
-    python tools/convert_checkpoint.py NAFNet-GoPro-width32.pth out/nafnet_w32 --arch NAFNet \\
-        --args '{"width": 32, "enc_blk_nums": [1,1,1,28], "middle_blk_num": 1, "dec_blk_nums": [1,1,1,1]}'
-
-The output directory holds config.json and diffusion_pytorch_model.safetensors and loads with
-``refusion.models.<Arch>.from_pretrained(OUT_DIR)``. Any key or shape mismatch is an error that
-lists every problem; nothing is written then.
-"""
-from __future__ import annotations
-
-import argparse
-import json
+"""`refusion convert` (refusion/cli/convert.py) as a script: python tools/convert_checkpoint.py --help."""
 import sys
 
-from refusion.official.checkpoints import CheckpointError, load_official
-from refusion.models import MODELS
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="official checkpoint file (.pth / .pt)")
-    parser.add_argument("out_dir", help="directory to write (save_pretrained layout)")
-    parser.add_argument("--arch", required=True, choices=sorted(MODELS), help="network class")
-    parser.add_argument("--args", default="{}", help="constructor arguments as a JSON object")
-    parser.add_argument("--param-key", default=None, help="wrapper key to read, e.g. params_ema (default: auto)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    try:
-        kwargs = json.loads(opts.args)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--args is not valid JSON ({err}): {opts.args!r}")
-    if not isinstance(kwargs, dict):
-        raise SystemExit(f"--args must be a JSON object of constructor arguments, got {opts.args!r}")
-    try:
-        model = MODELS[opts.arch](**kwargs)
-    except TypeError as err:
-        raise SystemExit(f"--args {kwargs} do not fit {opts.arch}: {err}")
-    try:
-        load_official(model, opts.checkpoint, param_key=opts.param_key)
-    except CheckpointError as err:
-        print(err, file=sys.stderr)
-        return 1
-    model.save_pretrained(opts.out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{opts.arch} ({n_params:,} parameters) from {opts.checkpoint} -> {opts.out_dir}")
-    return 0
-
+from refusion.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,7 @@
-"""Train the LatentUNet autoencoder for latent SDE runs (task: latent_autoencoder).
-
-    python tools/train_latent.py RECIPE [--set KEY=VALUE ...] [--resume | --overwrite]
-    accelerate launch [--multi_gpu --num_processes N] tools/train_latent.py RECIPE ...
-"""
+"""Train a 'latent_autoencoder' recipe: `refusion train` limited to that task (accelerate launch works on this file)."""
 import sys
 
-from refusion.training.cli import main
+from refusion.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main("latent_autoencoder"))
+    sys.exit(main(task="latent_autoencoder"))

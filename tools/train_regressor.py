@@ -1,11 +1,7 @@
-"""Train a deterministic regressor: NAFNet, Baseline, HINet, NAFFT-Net (task: regressor).
-
-    python tools/train_regressor.py RECIPE [--set KEY=VALUE ...] [--resume | --overwrite]
-    accelerate launch [--multi_gpu --num_processes N] tools/train_regressor.py RECIPE ...
-"""
+"""Train a 'regressor' recipe: `refusion train` limited to that task (accelerate launch works on this file)."""
 import sys
 
-from refusion.training.cli import main
+from refusion.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main("regressor"))
+    sys.exit(main(task="regressor"))

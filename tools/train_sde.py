@@ -1,11 +1,7 @@
-"""Train an IR-SDE / Refusion noise network (task: sde).
-
-    python tools/train_sde.py RECIPE [--set KEY=VALUE ...] [--resume | --overwrite]
-    accelerate launch [--multi_gpu --num_processes N] tools/train_sde.py RECIPE ...
-"""
+"""Train a 'sde' recipe: `refusion train` limited to that task (accelerate launch works on this file)."""
 import sys
 
-from refusion.training.cli import main
+from refusion.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main("sde"))
+    sys.exit(main(task="sde"))

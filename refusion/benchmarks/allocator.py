@@ -1,4 +1,4 @@
-"""glibc malloc left alone against ``refusion.allocator.tune_malloc``, each case in fresh processes.
+"""glibc malloc left alone against ``refusion.inference.allocator.tune_malloc``, each case in fresh processes.
 
 malloc settings are process-wide, so every (case, setting) pair runs in its own process
 (``perf.run_with_peak_rss``), the pairs interleaved (plain, tuned, plain, tuned ...) so that load
@@ -11,7 +11,7 @@ import resource
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import GIB, build_network, make_train_step, network_inputs, print_table
 
 THIS_MODULE = "refusion.benchmarks.allocator"
@@ -23,7 +23,7 @@ def _faults() -> int:
 
 def measure(case: str, tuned: bool, size: int, repeats: int, threads: int | None) -> dict:
     """Subprocess body: time ``case`` with malloc tuned or not."""
-    from refusion.allocator import tune_malloc
+    from refusion.inference.allocator import tune_malloc
 
     applied = tune_malloc() if tuned else False
     if threads:

@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, gemm_rates, network_inputs, print_table, psnr_db
 from refusion.models.blocks import NAFBlock
 

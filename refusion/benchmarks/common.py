@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.models import MODELS
 
 GIB = 1024 ** 3
@@ -104,7 +104,7 @@ def bench_gemm(state: dict) -> dict:
 
 
 def synthetic_pairs(size: int, count: int) -> Path:
-    from refusion.synthetic import build_dataset
+    from refusion.data.synthetic import build_dataset
 
     root = Path(tempfile.gettempdir()) / f"refusion_bench_noise_{size}_{count}"
     if not (root / "manifest.json").is_file():

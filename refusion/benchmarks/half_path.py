@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, print_table, psnr_db, smooth_image
 from refusion.benchmarks.sampling import VARIANT_DOC, autocast_only
 
@@ -70,7 +70,7 @@ def _time_targets(state: dict) -> dict:
 
 
 def _load_images(folder: str | None, smoke: bool) -> dict[str, torch.Tensor]:
-    from refusion.inputs import to_batch
+    from refusion.data.inputs import to_batch
 
     if not folder:
         return {"synthetic": smooth_image(64 if smoke else 256, 64 if smoke else 256, seed=5)}
@@ -97,7 +97,7 @@ def _accuracy(state: dict) -> dict:
         result["sde"] = {"run": str(state["run"]), "sampler": ACCURACY_SAMPLER, "steps": ACCURACY_STEPS, "seed": 0,
                          "psnr_half_vs_fp32_db": {k: psnr_db(sde(x, True), sde(x, False), 1.0) for k, x in images.items()}}
     if state.get("regressor_run"):
-        net = refusion.pipeline.load_regressor(state["regressor_run"])
+        net = refusion.inference.loading.load_regressor(state["regressor_run"])
 
         def regress(lq, half):
             return refusion.restore(lq, model=net, progress=False, half=half)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import GIB, QUICKSTART, QUICKSTART_LATENT_AE, build_network, print_table, psnr_db, smooth_image
 
 THIS_MODULE = "refusion.benchmarks.large_image"
@@ -15,7 +15,7 @@ THIS_MODULE = "refusion.benchmarks.large_image"
 def large_latent(height: int, width: int, steps: int, tile: int | None) -> dict:
     """Subprocess body: the latent path (small LatentUNet + small noise network) on one image."""
     from refusion.models import ConditionalNAFNet, LatentUNet
-    from refusion.pipeline import RefusionPipeline
+    from refusion.inference.pipeline import RefusionPipeline
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import TARGET_NETWORKS, build_network, network_inputs, print_table
 from refusion.models.blocks import GainLayerNorm2d, LayerNorm2d, NAFBlock
 

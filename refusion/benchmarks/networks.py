@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import NETWORKS, autocast, build_network, gemm_rates, network_inputs, print_table, psnr_db
 from refusion.models import final_output
 
@@ -44,10 +44,10 @@ def _forward_variants(name: str, net, size: int, compile_net: bool, onnx: bool =
 
 
 def _onnxruntime_variant(net, x: tuple):
-    """The network exported to ONNX (refusion.export) and run by ONNX Runtime on the same threads."""
+    """The network exported to ONNX (refusion.inference.export) and run by ONNX Runtime on the same threads."""
     import tempfile
 
-    from refusion.export import export_onnx, runtime_session
+    from refusion.inference.export import export_onnx, runtime_session
 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

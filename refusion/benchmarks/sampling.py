@@ -6,7 +6,7 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, network_inputs, print_table, psnr_db
 
 SAMPLING_VARIANTS = ("fp32", "bf16_autocast", "half")

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from refusion import perf
+from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, make_train_step, network_inputs, print_table, synthetic_pairs
 
 
@@ -29,7 +29,7 @@ def bench_train_step(state: dict) -> dict:
 
 def _loss_curves(state: dict) -> dict:
     """The quickstart SDE objective trained twice from the same seed, fp32 and bf16 autocast."""
-    from refusion.data import PairedImageDataset
+    from refusion.data.paired import PairedImageDataset
 
     iters = 20 if state["smoke"] else 600 if state["full"] else 300
     root = synthetic_pairs(128, 24)
@@ -52,7 +52,7 @@ def _loss_curves(state: dict) -> dict:
 
 
 def bench_dataloader(state: dict) -> dict:
-    from refusion.data import PairedImageDataset
+    from refusion.data.paired import PairedImageDataset
     from refusion.training.data_stream import stream_loader
 
     crop, batch_size = (64, 4) if state["smoke"] else (256, 8)

@@ -132,3 +132,47 @@ def exponential_integrator_coefficients(thetas: Tensor, thetas_cumsum: Tensor, d
         weight[1:] = torch.where(second, h[1:] / (2 * h_prev), torch.zeros_like(h_prev))
     coefs["weight"] = weight
     return coefs
+
+
+# ----------------------------------------------------------------------------------------------
+# DenoisingSDE (IR-SDE paper, Gaussian denoising): the mean-reverting SDE with mu = x0
+# ----------------------------------------------------------------------------------------------
+DENOISING_SAMPLERS = ("sde", "ode", "posterior")
+
+
+def mean_reverting_schedule(thetas: Tensor, lam: float, eps: float) -> dict:
+    """Theta_t = cumsum(theta)_t - theta_0, dt = -ln(eps) / Theta_T, g_t = sqrt(2 lam^2 theta_t),
+    sigma_bar_t = lam sqrt(1 - exp(-2 Theta_t dt)); in the dtype of ``thetas``, with the official
+    order of operations (``dt`` is returned as a Python float)."""
+    thetas_cumsum = torch.cumsum(thetas, dim=0) - thetas[0]
+    dt = float(-1 / thetas_cumsum[-1] * math.log(eps))
+    return {"thetas_cumsum": thetas_cumsum, "dt": dt, "sigmas": torch.sqrt(lam ** 2 * 2 * thetas),
+            "sigma_bars": torch.sqrt(lam ** 2 * (1 - torch.exp(-2 * thetas_cumsum * dt)))}
+
+
+def trailing_timesteps(start: int, n: int) -> Tensor:
+    """n timesteps spread over [1..start], "trailing": start, start - start/n, ..., start/n (rounded)."""
+    return torch.tensor([math.floor(start * (n - i) / n + 0.5) for i in range(n)], dtype=torch.int64)
+
+
+def denoising_euler_coefficients(thetas: Tensor, thetas_cumsum: Tensor, dt: float, lam: float,
+                                 t: Tensor, s: Tensor, *, stochastic: bool) -> dict[str, Tensor]:
+    """Score coefficient k and noise scale g sqrt(dt) of the DenoisingSDE's Euler steps t -> s.
+
+    With g^2 dt = 2 lam^2 theta_(s,t] dt (``merged_theta``; theta_t dt for s = t - 1) and
+    r_t = exp(-2 Theta_t dt):  sde: k = g^2 dt (1 + r_t) / 2 (official ``sde_reverse_drift``),
+    ode: k = g^2 dt r_t / 2 (official ``ode_reverse_drift``)."""
+    euler = euler_coefficients(thetas, thetas_cumsum, dt, lam, t, s)
+    decay = torch.exp(-2 * thetas_cumsum[t] * dt)
+    score_coef = 0.5 * euler["g2_dt"] * ((1 + decay) if stochastic else decay)
+    return {"score_coef": score_coef, "g_sqrt_dt": euler["g_sqrt_dt"] if stochastic else torch.zeros_like(decay)}
+
+
+def denoising_euler_step(x: Tensor, score: Tensor, score_coef: Tensor, g_sqrt_dt: Optional[Tensor] = None,
+                         noise: Optional[Tensor] = None) -> Tensor:
+    """x_s = x_t + k score [- g sqrt(dt) z]: the DenoisingSDE's reverse steps (official
+    ``reverse_sde_step`` / ``reverse_ode_step``). There is no mu: the IR-SDE drift theta (x0 - x)
+    toward the unknown clean image is written sigma_bar_t^2 score (Tweedie) and folded into k.
+    ``noise=None`` gives the step mean (the training prediction)."""
+    mean = x + score_coef * score
+    return mean if noise is None or g_sqrt_dt is None else mean - g_sqrt_dt * noise

@@ -5,6 +5,7 @@ path); tools/train_sde.py, train_regressor.py and train_latent.py are its comman
 """
 from refusion.training.engine import NonFiniteLossError, train
 from refusion.training.objectives import OBJECTIVES
-from refusion.training.run_dir import CheckpointError, RunDirError
+from refusion.training.run_dir import CheckpointError
+from refusion.errors import RunDirError
 
 __all__ = ["train", "OBJECTIVES", "NonFiniteLossError", "CheckpointError", "RunDirError"]

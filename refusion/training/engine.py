@@ -28,7 +28,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from refusion.allocator import tune_malloc_for
+from refusion.inference.allocator import tune_malloc_for
 from refusion.training import objectives as objectives_module
 from refusion.training import run_dir as rd
 from refusion.training.data_stream import stream_loader
@@ -247,7 +247,7 @@ def _unpicklable_file(ckpt: Path) -> Path:
 
 
 def _train_loader(run: _Run, position: int):
-    from refusion.data import PairedImageDataset
+    from refusion.data.paired import PairedImageDataset
 
     cfg, acc = run.recipe.data.train, run.accelerator
     dataset = PairedImageDataset(cfg.gt, cfg.lq, gt_size=cfg.gt_size, use_flip=cfg.use_flip,
@@ -355,8 +355,8 @@ def _validation_scheduler(run: _Run):
 @torch.no_grad()
 def _validate(run: _Run, step: int) -> dict:
     """Restore whole validation images, gather the metrics of every process, log, keep best/."""
-    from refusion.data import PairedImageDataset
-    from refusion.metrics import MetricSet
+    from refusion.data.paired import PairedImageDataset
+    from refusion.evaluation.metrics import MetricSet
     from refusion.training.objectives import restore_batch
 
     recipe, acc = run.recipe, run.accelerator

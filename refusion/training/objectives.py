@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from refusion.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
+from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 
 LATENT_REGULARISER_WEIGHT = 0.001
 

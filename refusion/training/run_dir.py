@@ -29,14 +29,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from refusion.checksums import (  # noqa: F401 - re-exported: the run's weight manifests
-    WEIGHTS_MANIFEST,
+from refusion.checksums import (
     first_mismatch,
     write_manifest,
     verify_weights_dir,
     write_weights_manifest,
 )
-from refusion.errors import CorruptWeightsError, RunDirError  # noqa: F401 - re-exported
+from refusion.errors import RunDirError
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"

@@ -1,7 +1,7 @@
 """Paired GT/LQ datasets built offline from the photographs that ship inside installed packages.
 
 `build_dataset(out, task, seed=0)` crops the bundled photographs (scikit-image, scikit-learn,
-matplotlib), degrades each crop with `refusion.degradations`, and writes
+matplotlib), degrades each crop with `refusion.data.degradations`, and writes
 
     out/{train,val,test}/{gt,lq}/<photo>_<k>.png     8-bit PNG pairs
     out/manifest.json                                seed, task, parameters, files and sha256
@@ -25,9 +25,9 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from refusion import degradations
+from refusion.data import degradations
 from refusion.checksums import sha256_file
-from refusion.image_io import write_image
+from refusion.data.image_io import write_image
 
 MANIFEST_VERSION = 1
 
@@ -180,7 +180,7 @@ def build_dataset(
             "task": task,
             "seed": seed,
             "size": size,
-            "degradation": {"function": f"refusion.degradations.{degradations.DEGRADATIONS[task].__name__}",
+            "degradation": {"function": f"refusion.data.degradations.{degradations.DEGRADATIONS[task].__name__}",
                             "parameters": default_parameters(task)},
             "sources": {name: {"split": split, "origin": origin} for name, (split, origin, _) in SOURCES.items()},
             "counts": {split: sum(1 for f in files if f["split"] == split) for split in SPLITS},

@@ -1,9 +1,11 @@
-"""The command line shared by tools/train_sde.py, train_regressor.py and train_latent.py.
+"""refusion train: train a recipe with the one training engine.
 
-    python tools/train_sde.py recipes/shadow.yml --set train.total_iters=200 [--resume | --overwrite]
-    accelerate launch --multi_gpu --num_processes 2 tools/train_sde.py recipes/shadow.yml
+    refusion train recipes/shadow.yml --set train.total_iters=200 [--resume | --overwrite]
+    accelerate launch --multi_gpu --num_processes 2 -m refusion train recipes/shadow.yml
+    accelerate launch tools/train_sde.py recipes/shadow.yml      # the same, limited to sde recipes
 
-The three tools differ only by the tasks they accept.
+`refusion train` takes any task; tools/train_sde.py, train_regressor.py and train_latent.py are
+the same command limited to one task each.
 """
 from __future__ import annotations
 
@@ -30,22 +32,23 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(task: str, argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, check that the recipe's task is ``task`` and train it."""
+def main(argv: Sequence[str] | None = None, *, task: str | None = None) -> int:
+    """Parse the command line and train the recipe; with ``task``, refuse recipes of other tasks."""
     from refusion.config import RecipeError, load_recipe
     from refusion.training.engine import main_guard, train
 
-    prog = TOOL_FOR_TASK[task]
-    parser = build_parser(prog, f"Train a {task!r} recipe with the refusion training engine.")
+    prog = TOOL_FOR_TASK[task] if task else "refusion train"
+    what = f"a {task!r} recipe" if task else "a recipe (any task)"
+    parser = build_parser(prog, f"Train {what} with the refusion training engine.")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if recipe.task != task:
+    if task is not None and recipe.task != task:
         print(f"error: {args.recipe} is a {recipe.task!r} recipe; {prog} trains {task!r} recipes: "
-              f"use {TOOL_FOR_TASK[recipe.task]}", file=sys.stderr)
+              f"use {TOOL_FOR_TASK[recipe.task]} or refusion train", file=sys.stderr)
         return 2
     return main_guard(lambda: train(recipe, resume=args.resume, overwrite=args.overwrite,
                                     stop_at_step=args.stop_at_step))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from refusion.config import TASK_MODELS
-from refusion.loading import network_channels, spatial_multiple
+from refusion.inference.loading import network_channels, spatial_multiple
 from refusion.models import final_output
 
 __all__ = ["example_inputs", "input_names", "export_onnx", "runtime_session", "check_onnx"]

@@ -3,7 +3,7 @@
 Takes a tensor, numpy array or PIL image and returns the same kind (like ``refusion.sample``),
 optionally tile by tile, with the test-time local converter (TLC) for networks with global
 pooling, and with ``half=True`` at bfloat16 (CPU) / float16 (CUDA) channels_last weights
-(refusion.precision). A NaN/Inf output raises FloatingPointError.
+(refusion.inference.precision). A NaN/Inf output raises FloatingPointError.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from refusion.inputs import from_batch, to_batch
-from refusion.loading import load_regressor, run_train_patch, spatial_multiple
-from refusion.allocator import tune_malloc_for
-from refusion.precision import InferenceNetwork, check_finite, to_float32
-from refusion.tiling import tiled_apply, validate_tiling
+from refusion.data.inputs import from_batch, to_batch
+from refusion.inference.loading import load_regressor, run_train_patch, spatial_multiple
+from refusion.inference.allocator import tune_malloc_for
+from refusion.inference.precision import InferenceNetwork, check_finite, to_float32
+from refusion.inference.tiling import tiled_apply, validate_tiling
 
 __all__ = ["restore"]
 
@@ -46,7 +46,7 @@ def restore(
     global average pools become box means over 1.5 x the training patch; True reads the patch
     size from the run's recipe, an int or (H, W) gives it.
     ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights
-    (refusion.precision); the output is float32.
+    (refusion.inference.precision); the output is float32.
     Same input/output conventions as ``refusion.sample``.
     """
     if model is None:

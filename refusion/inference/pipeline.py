@@ -7,8 +7,8 @@
   ``RefusionPipeline.save_pretrained``.
 - ``sample(lq, model=...)`` / ``restore(lq, model=...)`` are the one-line forms for SDE runs and
   for deterministic regressors (NAFNet, Baseline, HINet, NAFFT-Net); both take a tensor, numpy
-  array or PIL image and return the same kind. ``restore`` lives in refusion.restoration, the
-  loaders in refusion.loading, the half-precision path in refusion.precision; all are importable
+  array or PIL image and return the same kind. ``restore`` lives in refusion.inference.restoration, the
+  loaders in refusion.inference.loading, the half-precision path in refusion.inference.precision; all are importable
   from here as before.
 
 Integrity: a folder written by the training engine (model/, best/, scheduler/, autoencoder/) or
@@ -32,18 +32,14 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from refusion.checksums import verify_weights_dir, write_weights_manifest
-from refusion.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
-# re-exported: callers import the loaders, restore and the checks from refusion.pipeline
-from refusion.loading import (REGRESSOR_NAMES, WEIGHTS_NAME, load_network, load_regressor,  # noqa: F401
-                              network_channels, own_memory, read_run_task, spatial_multiple, weights_dir)
-from refusion.allocator import tune_malloc_for
-from refusion.precision import (InferenceNetwork, check_finite, half_precision, nonfinite_hint,  # noqa: F401
-                                to_float32)
-from refusion.restoration import restore
+from refusion.data.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
+from refusion.inference.loading import REGRESSOR_NAMES, load_network, network_channels, own_memory, read_run_task, spatial_multiple, weights_dir
+from refusion.inference.allocator import tune_malloc_for
+from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
 from refusion.schedulers.ir_sde import IRSDEScheduler
-from refusion.tiling import tiled_apply, validate_tiling
+from refusion.inference.tiling import tiled_apply, validate_tiling
 
-__all__ = ["RefusionPipeline", "RefusionPipelineOutput", "load_pipeline", "sample", "restore", "sde_sample",
+__all__ = ["RefusionPipeline", "RefusionPipelineOutput", "load_pipeline", "sample", "sde_sample",
            "LATENT_AUTO_PIXELS", "LATENT_TILE_DEFAULT"]
 
 # latent=None picks the autoencoder path above this many pixels per image (about 4 megapixels)
@@ -90,7 +86,7 @@ def sde_sample(
     tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
     the network runs tile-wise on the full-size state; the noise is drawn at full size.
 
-    The network gets its inputs in channels_last layout (refusion.precision.InferenceNetwork).
+    The network gets its inputs in channels_last layout (refusion.inference.precision.InferenceNetwork).
     ``half``: it runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights cast once for the
     whole run, and inputs cast at each call (``noise_fn`` itself is not changed); the state and the
     scheduler arithmetic stay float32.

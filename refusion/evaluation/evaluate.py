@@ -2,7 +2,7 @@
 
 `evaluate_runs` restores every test image with every method, measures PSNR/SSIM (BasicSR protocol),
 LPIPS when its weights are installed, seconds per image and network evaluations, and writes the
-tables, plots and image grid of `refusion.report` into one folder.
+tables, plots and image grid of `refusion.evaluation.report` into one folder.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from refusion import metrics
-from refusion.data import find_pairs, read_image, write_image
-from refusion.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
+from refusion.evaluation import metrics
+from refusion.data.paired import find_pairs
+from refusion.data.image_io import read_image, write_image
+from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class _Restorer:
     network: torch.nn.Module = field(init=False)
 
     def __post_init__(self):
-        from refusion.pipeline import load_pipeline, load_regressor
+        from refusion.inference.pipeline import load_pipeline
+        from refusion.inference.loading import load_regressor
 
         if self.method.kind == "sde":
             self.pipe = load_pipeline(self.method.run_dir, device=self.device)
@@ -105,7 +107,7 @@ class _Restorer:
             self.network = load_regressor(self.method.run_dir).to(self.device).eval()
 
     def __call__(self, lq: torch.Tensor, seed: int) -> torch.Tensor:
-        from refusion.pipeline import restore
+        from refusion.inference.restoration import restore
 
         if self.method.kind == "sde":
             generator = torch.Generator(device=self.device).manual_seed(seed)

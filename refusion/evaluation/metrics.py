@@ -13,7 +13,7 @@ the "valid" region only, and averages the per-channel values. Our images are RGB
 arrays are BGR, so its ``bgr2ycbcr`` weights are applied here to the reversed channel order.
 
 LPIPS (``lpips`` package, version 0.1): inputs RGB, NCHW, ``x / 127.5 - 1``. The backbones are the
-real ImageNet weights from :mod:`refusion.lpips_weights`; when they are not installed,
+real ImageNet weights from :mod:`refusion.evaluation.lpips_weights`; when they are not installed,
 :class:`LPIPSUnavailable` says which command installs them. A randomly initialised backbone is
 never used.
 """
@@ -26,8 +26,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from refusion import lpips_weights
-from refusion.lpips_weights import LPIPSUnavailable
+from refusion.evaluation import lpips_weights
+from refusion.evaluation.lpips_weights import LPIPSUnavailable
 
 __all__ = ["psnr", "ssim", "lpips", "to_uint8_image", "rgb_to_y", "MetricSet", "evaluate_pair",
            "mean_results", "LPIPSUnavailable", "get_lpips_model"]

@@ -1,7 +1,6 @@
 """Paired GT/LQ datasets: pairing folders by file stem, conditioning inputs, crops/flips/rotations.
 
-Image files are read and written by `refusion.image_io`; its public names are re-exported here so
-that `from refusion.data import read_image` keeps working.
+Image files are read and written by `refusion.data.image_io`.
 """
 
 from __future__ import annotations
@@ -15,32 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from refusion.image_io import (
-    IMAGE_EXTENSIONS,
-    MAX_IMAGE_PIXELS,
-    ImageReadError,
-    from_tensor,
-    image_bit_depth,
-    read_image,
-    read_image_raw,
-    to_tensor,
-    write_image,
-)
+from refusion.data.image_io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, read_image_raw
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "MAX_IMAGE_PIXELS",
-    "ImageReadError",
-    "PairedImageDataset",
-    "find_pairs",
-    "from_tensor",
-    "image_bit_depth",
-    "load_condition_vectors",
-    "read_image",
-    "read_image_raw",
-    "to_tensor",
-    "write_image",
-]
+__all__ = ["PairedImageDataset", "find_pairs", "load_condition_vectors"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""The `refusion` command: one module per subcommand, each with ``main(argv) -> exit status``.
+
+    refusion train recipes/quickstart_sde.yml
+    refusion restore photos/ -o restored/ --model runs/quickstart_sde --steps 10
+    refusion evaluate runs/quickstart_sde runs/quickstart_nafnet --gt GT --lq LQ --out report/mine
+    refusion <command> --help
+
+Exit status: 0 done, 1 failed work, 2 usage error. The modules are imported only when their command
+runs, so `refusion --help` answers at once. tools/*.py call the same ``main`` functions.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# command -> (module, one-line summary); an explicit table, read only by main()
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("refusion.cli.train", "train a recipe (sde, regressor or latent autoencoder)"),
+    "restore": ("refusion.cli.restore", "restore an image or a folder with a run, a saved pipeline or a regressor"),
+    "evaluate": ("refusion.cli.evaluate", "PSNR / SSIM / LPIPS of SDE and regressor runs on the same test pairs"),
+    "convert": ("refusion.cli.convert", "convert an official checkpoint of a known architecture to a model folder"),
+    "export": ("refusion.cli.export", "export a network to ONNX, checked by ONNX Runtime"),
+    "benchmark": ("refusion.cli.benchmark", "speed and memory on this machine, as JSON"),
+    "dataset": ("refusion.cli.dataset", "build an offline paired dataset from bundled photographs"),
+    "demo": ("refusion.cli.demo", "the quickstart: dataset, tiny SDE and NAFNet, evaluation report"),
+    "sampling-study": ("refusion.cli.sampling_study", "every SDE sampler at several step counts on one run"),
+    "sampling-trajectory": ("refusion.cli.sampling_trajectory", "PSNR of x0 estimates along the reverse trajectory"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: refusion <command> [options]   (refusion <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", __doc__.split("\n\n", 2)[1]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"refusion: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    program, sys.argv[0] = sys.argv[0], f"refusion {command}"   # argparse's prog in --help and errors
+    try:
+        return int(module.main(rest) or 0)
+    finally:
+        sys.argv[0] = program

@@ -1,0 +1,188 @@
+"""Restore an image file or a folder of images with a trained model; results go to another folder.
+
+    python tools/restore.py photos/ -o restored/ --model runs/shadow --steps 20 --sampler mr_ode
+    python tools/restore.py big.tif -o out/ --model runs/dehaze_latent --tile 512 --half
+    python tools/restore.py photos/ -o out/ --model runs/nafnet --tile 512 --tlc 256
+
+--model is an sde run (reverse SDE sampling), a regressor run (NAFNet/Baseline/HINet/NAFFT), a
+pipeline saved with RefusionPipeline.save_pretrained, or a saved regressor directory.
+
+Output files keep the input file name and bit depth (16-bit in, 16-bit out). Formats the writer
+does not support (BMP, WebP, PPM/PGM) are written as PNG with ".png" appended ("a.bmp" ->
+"a.bmp.png"). Unreadable or failing images (including a NaN/Inf network output, e.g. a float16
+overflow with --half) are reported and skipped, nothing is written for them; the batch goes on and the
+exit status is 1 when any image failed (2 for usage errors). Inputs are never overwritten: the
+command refuses an output folder that is the input folder or where an output would replace an
+input file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from refusion.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, write_image
+from refusion.inference.pipeline import RefusionPipeline, load_pipeline
+from refusion.inference.loading import load_regressor, read_run_task
+from refusion.inference.restoration import restore
+
+WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+class UsageError(Exception):
+    """A problem with the command line (exit status 2)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path, help="an image file or a folder of images (not recursive)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--model", type=Path, required=True, help="run directory or saved pipeline/model directory")
+    p.add_argument("--weights", choices=("model", "best"), default="model",
+                   help="run weights: model (final) or best (best validation PSNR)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (sde models; default: all trained steps)")
+    p.add_argument("--sampler", default=None, help="sde sampler override: sde, ode, posterior, mr_ode, mr_sde")
+    p.add_argument("--eta", type=float, default=None, help="stochasticity of the posterior sampler (0..1)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: whole image)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--half", action="store_true", help="network in bfloat16 on CPU / float16 on CUDA")
+    p.add_argument("--latent", choices=("auto", "on", "off"), default="auto",
+                   help="latent (autoencoder) path for models that have one (default auto: large images)")
+    p.add_argument("--tlc", type=int, default=None,
+                   help="regressors: test-time local converter with this training patch size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def list_inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"input {str(path)!r} is neither a file nor a folder")
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {str(path)!r}")
+    return files
+
+
+def output_path(out_dir: Path, source: Path) -> Path:
+    name = source.name if source.suffix.lower() in WRITABLE else source.name + ".png"
+    return out_dir / name
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Path]:
+    """Output paths, refusing any plan that would overwrite an input."""
+    out_resolved = out_dir.resolve()
+    in_dir = input_arg if input_arg.is_dir() else input_arg.parent
+    if out_resolved == in_dir.resolve() or (out_dir.exists() and in_dir.exists() and os.path.samefile(out_dir, in_dir)):
+        raise UsageError(f"output folder {str(out_dir)!r} is the input folder; choose another folder "
+                         f"(inputs are never overwritten)")
+    outputs = [output_path(out_dir, src) for src in inputs]
+    claimed: dict[str, Path] = {}
+    for src, dst in zip(inputs, outputs):
+        key = os.path.normcase(dst.name)
+        if key in claimed:
+            raise UsageError(f"inputs {str(claimed[key])!r} and {str(src)!r} would both be written to the same "
+                             f"output {str(dst)!r}; rename one of them")
+        claimed[key] = src
+    sources = {src.resolve() for src in inputs}
+    for src, dst in zip(inputs, outputs):
+        if dst.resolve() in sources or (dst.exists() and any(os.path.samefile(dst, s) for s in inputs)):
+            raise UsageError(f"output {str(dst)!r} would replace the input file {str(src)!r}; choose another "
+                             f"output folder")
+    return outputs
+
+
+def load_model(path: Path, device: torch.device, weights: str = "model"):
+    """('sde', RefusionPipeline) or ('regressor', network) from a run or saved directory."""
+    if not path.is_dir():
+        raise UsageError(f"--model {str(path)!r} is not a directory (a run directory or a saved model)")
+    if (path / "model_index.json").is_file():
+        return "sde", load_pipeline(path, device=device)
+    if (path / "config.json").is_file():
+        return "regressor", load_regressor(path).to(device)
+    task = read_run_task(path)
+    if task == "sde":
+        return "sde", load_pipeline(path, device=device, weights=weights)
+    if task == "regressor":
+        return "regressor", load_regressor(path, weights=weights).to(device)
+    raise UsageError(f"--model {str(path)!r} is a {task!r} run; restore needs an sde or a regressor run")
+
+
+def restore_one(kind: str, model, image, args, device: torch.device):
+    """Restored float32 HWC array of one image."""
+    if kind == "regressor":
+        return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc,
+                       progress=False, half=args.half)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    latent = {"auto": None, "on": True, "off": False}[args.latent]
+    out = model(image, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta, generator=generator,
+                output_type="np", tile_size=args.tile, tile_overlap=args.overlap, latent=latent,
+                progress=not args.no_progress, half=args.half)
+    return out.images[0]
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        inputs = list_inputs(args.input)
+        outputs = plan_outputs(inputs, args.output, args.input)
+        if args.tile is not None and args.tile < 1:
+            raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
+        kind, model = load_model(args.model, device, args.weights)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        print(f"restore: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # any other failure to load the model is still a usage problem, not a crash
+        print(f"restore: error: cannot load --model {str(args.model)!r}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 2
+    if kind == "regressor" and (args.steps or args.sampler or args.eta is not None):
+        print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
+    if isinstance(model, RefusionPipeline):
+        model.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[Path, str]] = []
+    start = time.perf_counter()
+    bar = tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=args.no_progress)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name[-40:])
+        try:
+            image = read_image(src)
+            bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
+            write_image(dst, restore_one(kind, model, image, args, device), bit_depth=bit_depth)
+        except (ImageReadError, ValueError, RuntimeError, MemoryError, OSError, FloatingPointError) as exc:
+            # one bad file, one image too large for memory or a NaN/Inf result must not stop the batch
+            failures.append((src, f"{type(exc).__name__}: {exc}"))
+            tqdm.write(f"restore: skipped {src}: {exc}", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    done = len(inputs) - len(failures)
+    print(f"restore: {done} of {len(inputs)} images restored into {args.output} in {seconds:.1f} s; "
+          f"{len(failures)} failed")
+    for src, message in failures:
+        print(f"  failed: {src}: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

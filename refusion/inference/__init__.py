@@ -1,0 +1,12 @@
+"""Inference: turning degraded images into restored ones with a trained or imported model.
+
+- pipeline     RefusionPipeline (diffusers), sde_sample, load_pipeline, sample
+- restoration  restore(): the regressors' one-call entry point, TLC
+- loading      run / saved-pipeline / regressor folders, with checksum verification
+- tiling       overlapped tiles with raised-cosine blending for any image -> image function
+- precision    how networks run for inference: channels_last, the half path, NaN/Inf checks
+- allocator    glibc malloc tuning for CPU inference and training
+- export       ONNX export with dynamic batch/height/width, checked by ONNX Runtime
+
+Never imports training.
+"""
