@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("refusion.cli.train", "train a recipe (sde, regressor or latent autoencoder)"),
     "restore": ("refusion.cli.restore", "restore an image or a folder with a run, a saved pipeline or a regressor"),
     "evaluate": ("refusion.cli.evaluate", "PSNR / SSIM / LPIPS of SDE and regressor runs on the same test pairs"),
+    "import": ("refusion.cli.import_official", "import an official checkpoint (+ option file) into a ready folder"),
     "convert": ("refusion.cli.convert", "convert an official checkpoint of a known architecture to a model folder"),
     "export": ("refusion.cli.export", "export a network to ONNX, checked by ONNX Runtime"),
     "benchmark": ("refusion.cli.benchmark", "speed and memory on this machine, as JSON"),

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from refusion.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, write_image
 from refusion.inference.pipeline import RefusionPipeline, load_pipeline
-from refusion.inference.loading import load_regressor, read_run_task
+from refusion.inference.loading import default_tlc, load_regressor, read_run_task
 from refusion.inference.restoration import restore
 
 WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -43,7 +43,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help="an image file or a folder of images (not recursive)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--model", type=Path, required=True, help="run directory or saved pipeline/model directory")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run directory, saved pipeline/model directory, imported official folder, or an official "
+                        "checkpoint file (.pth: imported on the fly into ~/.cache/refusion/imported)")
+    p.add_argument("--options", type=Path, default=None,
+                   help="official option file of a checkpoint given as --model (needed for noise networks)")
+    p.add_argument("--latent-weights", type=Path, default=None,
+                   help="official latent autoencoder checkpoint (latent dehazing / bokeh) for --model FILE")
+    p.add_argument("--sde", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="SDE settings of a noise-network checkpoint without --options: max_sigma=50 T=100 "
+                        "schedule=cosine eps=0.005")
     p.add_argument("--weights", choices=("model", "best"), default="model",
                    help="run weights: model (final) or best (best validation PSNR)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (sde models; default: all trained steps)")
@@ -56,8 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--half", action="store_true", help="network in bfloat16 on CPU / float16 on CUDA")
     p.add_argument("--latent", choices=("auto", "on", "off"), default="auto",
                    help="latent (autoencoder) path for models that have one (default auto: large images)")
-    p.add_argument("--tlc", type=int, default=None,
-                   help="regressors: test-time local converter with this training patch size")
+    tlc = p.add_mutually_exclusive_group()
+    tlc.add_argument("--tlc", type=int, default=None,
+                     help="regressors: test-time local converter with this training patch size (default: what the "
+                          "model folder says; imported NAFNetLocal/BaselineLocal models have it on)")
+    tlc.add_argument("--no-tlc", action="store_true", help="regressors: switch the test-time local converter off")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -102,6 +114,19 @@ def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Pat
     return outputs
 
 
+def model_folder(args) -> Path:
+    """--model as a folder: an official checkpoint file is imported into the cache first."""
+    if args.model.is_file():
+        from refusion.official.importer import cached_import, parse_sde_settings
+
+        sde = parse_sde_settings(dict(item.split("=", 1) for item in args.sde)) if args.sde else None
+        return cached_import(args.model, options=args.options, latent_weights=args.latent_weights, sde=sde)
+    if args.options or args.latent_weights or args.sde:
+        raise UsageError("--options/--latent-weights/--sde describe an official checkpoint file given as --model; "
+                         f"{str(args.model)!r} is not a file (import it with `refusion import` first, or pass the .pth)")
+    return args.model
+
+
 def load_model(path: Path, device: torch.device, weights: str = "model"):
     """('sde', RefusionPipeline) or ('regressor', network) from a run or saved directory."""
     if not path.is_dir():
@@ -121,7 +146,7 @@ def load_model(path: Path, device: torch.device, weights: str = "model"):
 def restore_one(kind: str, model, image, args, device: torch.device):
     """Restored float32 HWC array of one image."""
     if kind == "regressor":
-        return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc,
+        return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc_size,
                        progress=False, half=args.half)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     latent = {"auto": None, "on": True, "off": False}[args.latent]
@@ -149,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         outputs = plan_outputs(inputs, args.output, args.input)
         if args.tile is not None and args.tile < 1:
             raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
-        kind, model = load_model(args.model, device, args.weights)
+        folder = model_folder(args)
+        kind, model = load_model(folder, device, args.weights)
+        args.tlc_size = False if args.no_tlc else (args.tlc if args.tlc is not None else default_tlc(folder))
     except (UsageError, FileNotFoundError, ValueError) as exc:
         print(f"restore: error: {exc}", file=sys.stderr)
         return 2

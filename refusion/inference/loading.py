@@ -18,7 +18,8 @@ import yaml
 from refusion.checksums import verify_weights_dir
 
 __all__ = ["REGRESSOR_NAMES", "WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weights_dir",
-           "load_regressor", "spatial_multiple", "network_channels", "run_train_patch"]
+           "load_regressor", "spatial_multiple", "network_channels", "run_train_patch", "INFERENCE_FILE",
+           "read_inference_defaults", "default_tlc"]
 
 # networks that map an image to its restoration in one pass (refusion.restore)
 REGRESSOR_NAMES = ("NAFNet", "Baseline", "HINet", "NAFFTNet")
@@ -159,3 +160,30 @@ def run_train_patch(path: Path) -> int | None:
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
     return int(size) if isinstance(size, int) else None
+
+
+# written by `refusion import` beside an imported regressor: how the official model is meant to run
+INFERENCE_FILE = "inference.json"
+
+
+def read_inference_defaults(folder: Path) -> dict:
+    """``inference.json`` of a model folder ({} when absent), e.g. {"tlc": [256, 256]}."""
+    path = Path(folder) / INFERENCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    tlc = data.get("tlc")
+    if tlc is not None and not (isinstance(tlc, list) and len(tlc) == 2 and all(isinstance(v, int) and v > 0 for v in tlc)):
+        raise ValueError(f"{path}: 'tlc' must be null or [height, width] of the training patch, got {tlc!r}")
+    return data
+
+
+def default_tlc(path: Path) -> tuple[int, int] | None:
+    """The TLC training size a model folder asks for (an imported NAFNetLocal / BaselineLocal), else None."""
+    tlc = read_inference_defaults(path).get("tlc")
+    return tuple(tlc) if tlc else None

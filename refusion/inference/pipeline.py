@@ -150,9 +150,14 @@ class RefusionPipeline(DiffusionPipeline):
     _optional_components = ["autoencoder"]
     model_cpu_offload_seq = "autoencoder->unet"
 
-    def __init__(self, unet, scheduler: IRSDEScheduler, autoencoder=None):
+    def __init__(self, unet, scheduler: IRSDEScheduler, autoencoder=None, lq_upscale: int = 1):
         super().__init__()
+        if not isinstance(lq_upscale, int) or isinstance(lq_upscale, bool) or lq_upscale < 1:
+            raise ValueError(f"lq_upscale must be an int >= 1 (the SR factor the LQ image is upsampled by "
+                             f"before sampling), got {lq_upscale!r}")
         self.register_modules(unet=unet, scheduler=scheduler, autoencoder=autoencoder)
+        # saved in model_index.json: super-resolution models restore the bicubically upsampled LQ image
+        self.register_to_config(lq_upscale=lq_upscale)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """diffusers' save_pretrained, then checksums.json (sha256 of every file) for load_pipeline."""
@@ -216,7 +221,7 @@ class RefusionPipeline(DiffusionPipeline):
                  progress, half) -> torch.Tensor:
         lq, _ = to_batch(image)
         device = self.device
-        lq = lq.to(device)
+        lq = upscale_lq(lq.to(device), self.config.get("lq_upscale", 1))
         batch, channels, height, width = lq.shape
         if cond is not None:
             cond = cond.to(device=device, dtype=lq.dtype)
@@ -282,6 +287,17 @@ class RefusionPipeline(DiffusionPipeline):
             out = run("decode", latent_x0, skips)
         check_finite(out, "the autoencoder's decoded image", half)
         return to_float32(out)
+
+
+def upscale_lq(lq: torch.Tensor, factor: int) -> torch.Tensor:
+    """The LQ image as an SR model's SDE sees it: bicubic ``F.interpolate`` by ``factor``.
+
+    As the official super-resolution test does (``mode='bicubic'``, ``align_corners=False``, no
+    clamping before the SDE); ``factor`` 1 returns the image unchanged.
+    """
+    if factor == 1:
+        return lq
+    return torch.nn.functional.interpolate(lq, scale_factor=factor, mode="bicubic")
 
 
 def _is_pipeline_dir(path: Path) -> bool:

@@ -15,7 +15,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from refusion.data.inputs import from_batch, to_batch
-from refusion.inference.loading import load_regressor, run_train_patch, spatial_multiple
+from refusion.inference.loading import default_tlc, load_regressor, run_train_patch, spatial_multiple
 from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.precision import InferenceNetwork, check_finite, to_float32
 from refusion.inference.tiling import tiled_apply, validate_tiling
@@ -44,7 +44,8 @@ def restore(
     ``model``: a regressor run directory / saved model directory, or the network itself.
     ``tlc``: test-time local converter for networks with global pooling (NAFNet family): the
     global average pools become box means over 1.5 x the training patch; True reads the patch
-    size from the run's recipe, an int or (H, W) gives it.
+    size from the run's recipe, an int or (H, W) gives it; None (default) uses the folder's
+    inference.json (an imported official ...Local model has TLC on), False switches it off.
     ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights
     (refusion.inference.precision); the output is float32.
     Same input/output conventions as ``refusion.sample``.
@@ -54,6 +55,8 @@ def restore(
     train_patch = None
     if isinstance(model, (str, Path)):
         train_patch = run_train_patch(Path(model))
+        if tlc is None:               # an imported NAFNetLocal/BaselineLocal runs with TLC unless tlc=False
+            tlc = default_tlc(Path(model))
         model = load_regressor(model)
     if isinstance(model, DiffusionPipeline):
         raise ValueError(f"model is a {type(model).__name__} (an sde model); use refusion.sample(lq, model=...)")

@@ -1,0 +1,86 @@
+"""The README.md model card of an imported official model: where it came from and how to run it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# licence of each source repository as read at the commits the option facts come from
+LICENCES = {
+    "ir-sde": "Algolzw/image-restoration-sde: the repository states no licence file; the weights are the "
+              "authors' (cite Luo et al., ICML 2023 / CVPRW 2023) and their terms apply",
+    "nafnet": "megvii-research/NAFNet: MIT License (BasicSR parts Apache-2.0)",
+    "hinet": "megvii-model/HINet: the repository states no licence file; the weights are the authors' "
+             "(cite Chen et al., CVPRW 2021) and their terms apply",
+}
+
+
+def _licence(result, opts) -> str:
+    if result.kind == "pipeline":
+        return LICENCES["ir-sde"]
+    if result.network == "HINet":
+        return LICENCES["hinet"]
+    return LICENCES["nafnet"]
+
+
+def _value(value) -> str:
+    return f"`{list(value) if isinstance(value, tuple) else value!r}`"
+
+
+def write_model_card(folder: Path, result, opts) -> None:
+    lines = [f"# {result.network} imported from {Path(next(iter(result.sources))).name}", ""]
+    kind = ("a RefusionPipeline folder (noise network + scheduler" +
+            (" + autoencoder)" if "autoencoder" in result.given else ")")) if result.kind == "pipeline" \
+        else "a regressor folder (saved network + inference.json)"
+    lines += [f"This folder is {kind}, written by `refusion import`. {result.num_parameters:,} parameters.", ""]
+    lines += ["## Sources", "", "| file | sha256 |", "|---|---|"]
+    lines += [f"| `{path}` | `{digest}` |" for path, digest in result.sources.items()]
+    lines += [""]
+    if opts is not None:
+        lines += ["## Options", "", f"- file: `{opts.source}` ({opts.style} style, task `{opts.task}`, "
+                  f"model `{opts.model_type}`, network `{opts.network.official_type}`)"]
+        if opts.ignored:
+            lines.append(f"- ignored ({len(opts.ignored)} keys: dataset paths, training-only settings): "
+                         + ", ".join(f"`{k}`" for k in list(opts.ignored)[:12])
+                         + (" ..." if len(opts.ignored) > 12 else ""))
+        if opts.unknown:
+            lines.append("- not understood (check them): " + ", ".join(f"`{k}`" for k in opts.unknown))
+        lines.append("")
+    else:
+        lines += ["## Options", "", "none given: the architecture comes from the weights alone.", ""]
+    lines += ["## Architecture", "", f"`refusion.models.{result.network}`", "",
+              "| argument | value | from |", "|---|---|---|"]
+    for arg, value in result.kwargs.items():
+        if arg in result.given:
+            origin = "options"
+        elif arg in result.defaulted:
+            origin = f"default ({result.defaulted[arg]})"
+        else:
+            origin = "weights (detected)"
+        lines.append(f"| `{arg}` | {_value(value)} | {origin} |")
+    lines.append("")
+    if result.sde is not None:
+        s = result.sde
+        lines += ["## SDE", "", f"IR-SDE: max_sigma {s['max_sigma']:g}, T {s['T']}, schedule {s['schedule']}, "
+                  f"eps {s['eps']:g}" + (f", sample_T {s['sample_T']}" if s.get("sample_T") else "")
+                  + ("; from the options" if opts is not None and opts.sde is not None else "; given with --sde"), ""]
+    extra = {k: v for k, v in result.given.items() if k not in result.kwargs}
+    if extra or result.notes:
+        lines += ["## Inference", ""]
+        lines += [f"- {k}: {v}" for k, v in extra.items()]
+        lines += [f"- {note}" for note in result.notes]
+        if opts is not None and opts.inference.steps:
+            lines.append("- the official test does: " + "; ".join(opts.inference.steps))
+        lines.append("")
+    lines += ["## Restore an image", "", "```bash"]
+    if result.kind == "pipeline":
+        steps = (result.sde or {}).get("sample_T") or (result.sde or {}).get("T", 100)
+        official = (result.sde or {}).get("official_sampler") or "posterior"
+        lines += [f"refusion restore photos/ -o restored/ --model {result.path}            # fast default sampler",
+                  f"refusion restore photos/ -o restored/ --model {result.path} --sampler {official} --steps {steps}"
+                  f"   # as the official test"]
+    else:
+        lines.append(f"refusion restore photos/ -o restored/ --model {result.path}")
+    lines += ["```", "", "```python", "import refusion",
+              (f"restored = refusion.sample(lq, model={str(result.path)!r})" if result.kind == "pipeline"
+               else f"restored = refusion.restore(lq, model={str(result.path)!r})"), "```", ""]
+    lines += ["## Licence", "", _licence(result, opts), ""]
+    (folder / "README.md").write_text("\n".join(lines))
