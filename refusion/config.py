@@ -41,6 +41,9 @@ TASK_MODELS = {
     "regressor": ("NAFNet", "Baseline", "HINet", "NAFFTNet"),
     "latent_autoencoder": ("LatentUNet",),
 }
+# the official task variants (denoising-sde, latent-bokeh, stereo-sr call conventions): their official
+# weights load, are detected and are checked against the official outputs; no recipe task trains them yet
+OFFICIAL_VARIANTS = ("UnconditionalNAFNet", "UnconditionalUNet", "BokehNAFNet", "StereoNAFNet")
 _TASK_MODEL_KIND = {"sde": "a noise network", "regressor": "a regressor",
                     "latent_autoencoder": "an autoencoder"}
 
@@ -431,6 +434,9 @@ def _check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: _Context) -> None:
     for i, beta in enumerate(recipe.optimizer.betas):
         if not 0 <= beta < 1:
             ctx.fail("optimizer.betas", f"optimizer.betas[{i}] must be in [0, 1), got {beta!r}")
+    if recipe.model.name in OFFICIAL_VARIANTS:
+        ctx.fail("model.name", f"{recipe.model.name} is an official task variant that refusion loads and imports "
+                               f"but does not train yet; task {task!r} trains {', '.join(TASK_MODELS[task])}")
     if recipe.model.name not in TASK_MODELS[task]:
         ctx.fail("model.name", f"task {task!r} needs {_TASK_MODEL_KIND[task]}: model.name must "
                                f"be one of {', '.join(TASK_MODELS[task])}; got {recipe.model.name!r}")

@@ -12,7 +12,7 @@ import yaml
 
 from refusion import config
 from refusion.config import (
-    TASK_MODELS, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, recipe_from_dict,
+    OFFICIAL_VARIANTS, TASK_MODELS, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, recipe_from_dict,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +249,15 @@ def test_unknown_model_name_lists_the_table():
 def test_task_table_names_exist_in_the_model_table():
     from refusion.models import MODELS
 
-    assert {name for names in TASK_MODELS.values() for name in names} == set(MODELS)
+    trainable = {name for names in TASK_MODELS.values() for name in names}
+    assert trainable | set(OFFICIAL_VARIANTS) == set(MODELS)
+    assert not trainable & set(OFFICIAL_VARIANTS)
+
+
+def test_an_official_variant_in_a_recipe_is_refused_by_name():
+    assert error(schema_only, minimal("sde", "BokehNAFNet")) == (
+        "r.yml: BokehNAFNet is an official task variant that refusion loads and imports but does not train "
+        "yet; task 'sde' trains ConditionalNAFNet, ConditionalUNet")
 
 
 def test_unknown_model_argument(monkeypatch):

@@ -96,6 +96,17 @@ def test_conditional_unet_matches_official_outputs():
     assert rel_err(out64, ref["output_t_vec"]) < 1e-5
 
 
+def test_conditional_unet_float64_matches_official_float64():
+    """The whole network in float64, time embedding included (a float32 sinusoid costs ~6e-10)."""
+    net, ref, spec = official("cunet_small", ConditionalUNet)
+    net.double()
+    x_t, mu = torch.from_numpy(ref["x_t"]).double(), torch.from_numpy(ref["cond"]).double()
+    with torch.no_grad():
+        for t in (spec["t_int"], float(spec["t_int"]), torch.tensor(spec["t_int"])):
+            assert rel_err(net(x_t, mu, t), ref["output_t_int_f64_ln1e5"]) < 1e-12
+        assert rel_err(net(x_t, mu, torch.from_numpy(ref["t_vec"])), ref["output_t_vec_f64_ln1e5"]) < 1e-12
+
+
 def test_conditional_unet_parameter_count():
     entry = COUNTS["ConditionalUNet-IR-SDE-deshadow"]
     assert entry["kwargs"] == {"in_nc": 3, "out_nc": 3, "nf": 64, "depth": 4}
@@ -133,6 +144,32 @@ OFFICIAL_LATENT_KEYS = {  # official names and shapes of the dehazing autoencode
     "post_latent_conv.weight": (128, 8, 1, 1),
     "final_conv.bias": (3,),
 }
+
+
+def test_latent_unet_matches_official_encode_and_decode():
+    """encode LQ and GT, decode each latent with the LQ skips (latent replacement), forward; float32 and float64."""
+    spec = json.loads((DATA / "net_unet_ae_small.json").read_text())
+    net = LatentUNet(**spec["kwargs"]).eval()
+    net.load_state_dict(torch.load(DATA / "net_unet_ae_small.pt", weights_only=True), strict=True)
+    assert sum(p.numel() for p in net.parameters()) == spec["num_params"]
+    ref = np.load(DATA / "net_unet_ae_small.npz")
+    assert ref["input_lq"].shape[-2:] == (21, 30)  # reflect padding to multiples of 8, cropped back
+    for dtype, suffix, tol in ((torch.float32, "", 1e-5), (torch.float64, "_f64_ln1e5", 1e-12)):
+        net.to(dtype)
+        lq, gt = (torch.from_numpy(ref[k]).to(dtype) for k in ("input_lq", "input_gt"))
+        with torch.no_grad():
+            latent_lq, skips_lq = net.encode(lq)
+            latent_gt, _ = net.encode(gt)
+            got = {
+                "latent_lq": latent_lq,
+                "latent_gt": latent_gt,
+                "decode_latent_lq_hidden_lq": net.decode(latent_lq, skips_lq),
+                "decode_latent_gt_hidden_lq": net.decode(latent_gt, skips_lq),
+                "forward_lq": net(lq),
+            }
+        for key, value in got.items():
+            assert value.dtype == dtype
+            assert rel_err(value, ref[key + suffix]) < tol, (key, dtype)
 
 
 def test_latent_unet_official_size_and_keys():

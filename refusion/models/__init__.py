@@ -4,20 +4,28 @@ Each network module adds its classes to MODELS below (plain imports, no registra
 """
 from __future__ import annotations
 
+from .bokeh_nafnet import BokehNAFNet
 from .conditional_nafnet import ConditionalNAFNet
 from .conditional_unet import ConditionalUNet
 from .hinet import HINet
 from .latent_unet import LatentUNet
 from .nafft import NAFFTNet
 from .nafnet import Baseline, NAFNet
+from .stereo_nafnet import StereoNAFNet
+from .unconditional_nafnet import UnconditionalNAFNet
+from .unconditional_unet import UnconditionalUNet
 
 MODELS: dict[str, type] = {
     "NAFNet": NAFNet,
     "Baseline": Baseline,
     "ConditionalNAFNet": ConditionalNAFNet,
+    "UnconditionalNAFNet": UnconditionalNAFNet,
+    "BokehNAFNet": BokehNAFNet,
+    "StereoNAFNet": StereoNAFNet,
     "NAFFTNet": NAFFTNet,
     "HINet": HINet,
     "ConditionalUNet": ConditionalUNet,
+    "UnconditionalUNet": UnconditionalUNet,
     "LatentUNet": LatentUNet,
 }
 

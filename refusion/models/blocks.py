@@ -86,10 +86,13 @@ class NAFBlock(nn.Module):
     ``LN(x) * (1 + scale) + shift``, and ``forward(x, time_emb)`` needs the embedding.
 
     Subclasses change one part each (gate, attention, depthwise conv) through the ``make_*``
-    methods; ``attention_key`` is the attribute (and state-dict) name of the attention.
+    methods; ``attention_key`` is the attribute (and state-dict) name of the attention and
+    ``time_mlp_key`` that of the time projection. Blocks with other conditioning compute their own
+    shift/scale pairs and call :meth:`modulated`.
     """
 
     attention_key = "sca"
+    time_mlp_key = "mlp"
     gate_halves_channels = True
 
     def __init__(
@@ -104,7 +107,8 @@ class NAFBlock(nn.Module):
         super().__init__()
         if time_emb_dim is not None and time_emb_dim % 2:
             raise ValueError(f"time_emb_dim must be even (SimpleGate halves it), got {time_emb_dim}")
-        self.mlp = nn.Sequential(SimpleGate(), nn.Linear(time_emb_dim // 2, 4 * c)) if time_emb_dim else None
+        time_mlp = nn.Sequential(SimpleGate(), nn.Linear(time_emb_dim // 2, 4 * c)) if time_emb_dim else None
+        setattr(self, self.time_mlp_key, time_mlp)
 
         dw_channel = c * dw_expand
         gated_dw = dw_channel // 2 if self.gate_halves_channels else dw_channel
@@ -147,25 +151,44 @@ class NAFBlock(nn.Module):
             return F.conv2d(x, conv.weight * weights.reshape(1, -1, 1, 1).to(conv.weight.dtype), conv.bias)
         return conv(x * weights)
 
-    def forward(self, inp: torch.Tensor, time_emb: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mlp is not None:
-            if time_emb is None:
-                raise ValueError("this NAFBlock is time-conditioned: forward(x, time_emb) needs time_emb")
-            modulation = self.mlp(time_emb)[:, :, None, None]
-            shift_att, scale_att, shift_ffn, scale_ffn = modulation.chunk(4, dim=1)
+    def time_modulation(self, time_emb: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+        """(shift_att, scale_att, shift_ffn, scale_ffn), each (B, c, 1, 1); None for a block without time."""
+        time_mlp = getattr(self, self.time_mlp_key)
+        if time_mlp is None:
+            return None
+        if time_emb is None:
+            raise ValueError(f"this {type(self).__name__} is time-conditioned: forward(x, time_emb) needs time_emb")
+        return time_mlp(time_emb)[:, :, None, None].chunk(4, dim=1)
 
+    def forward(self, inp: torch.Tensor, time_emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.modulated(inp, self.time_modulation(time_emb))
+
+    def modulated(
+        self,
+        inp: torch.Tensor,
+        modulation: tuple[torch.Tensor, ...] | None = None,
+        gate_modulation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The block with ``LN(x) * (1 + scale) + shift`` before each half (``modulation`` as from
+        :meth:`time_modulation`) and, with ``gate_modulation`` = (shift, scale), the feed-forward
+        gate output modulated the same way before its last 1x1 conv (the bokeh network's lens
+        conditioning)."""
         # addcmul: one pass over the feature map where ``a + b * c`` makes two (and a temporary)
         x = self.norm1(inp)
-        if self.mlp is not None:
+        if modulation is not None:
+            shift_att, scale_att, shift_ffn, scale_ffn = modulation
             x = torch.addcmul(shift_att, x, scale_att + 1)
         x = self.sg(self.conv2(self.conv1(x)))
         x = self.dropout1(self.attend_and_project(x))
         y = torch.addcmul(inp, x, self.beta)
 
         x = self.norm2(y)
-        if self.mlp is not None:
+        if modulation is not None:
             x = torch.addcmul(shift_ffn, x, scale_ffn + 1)
-        x = self.dropout2(self.conv5(self.sg(self.conv4(x))))
+        x = self.sg(self.conv4(x))
+        if gate_modulation is not None:
+            x = torch.addcmul(gate_modulation[0], x, gate_modulation[1] + 1)
+        x = self.dropout2(self.conv5(x))
         return torch.addcmul(y, x, self.gamma)
 
 
@@ -205,17 +228,30 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((args.sin(), args.cos()), dim=-1)
 
 
-def as_time_vector(t, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Accept an int, a float, a 0-d or (B,) tensor and return a floating (B,) time vector."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0:
-        t = t.expand(batch_size)
-    t = t.reshape(-1)
-    if t.shape[0] == 1 and batch_size != 1:
-        t = t.expand(batch_size)
-    if t.shape[0] != batch_size:
-        raise ValueError(f"t has {t.shape[0]} entries but the batch has {batch_size} samples")
-    return t.to(dtype)
+def time_steps(t, batch_size: int, dtype: torch.dtype, device: torch.device, *, name: str = "t") -> torch.Tensor:
+    """Diffusion steps (or any scalar conditioning) as the floating vector a sinusoidal embedding takes.
+
+    ``t`` is an int, a float, a 0-d / 1-element tensor -> shape (1,), broadcast over the batch as in
+    the official code; or a (batch_size,) tensor -> (batch_size,). The vector is float64 when
+    ``dtype`` (the network's input dtype) is float64 and float32 otherwise: a float64 network embeds
+    time without a float32 step, a half-precision one never runs the sinusoid in half precision.
+    Python numbers are converted straight to that dtype (a float is not rounded to float32 first).
+    """
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    t = torch.as_tensor(t, dtype=dtype, device=device)
+    if t.numel() == 1:
+        return t.reshape(1)
+    if t.ndim != 1 or t.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has {t.numel()} entries (shape {tuple(t.shape)}) but the batch has {batch_size} samples; "
+            f"give a scalar or a ({batch_size},) tensor"
+        )
+    return t
+
+
+def gated_mlp(in_dim: int, dim: int) -> nn.Sequential:
+    """Linear(in_dim, 2*dim) -> SimpleGate -> Linear(dim, dim): the embedding MLP of the NAFNet noise networks."""
+    return nn.Sequential(nn.Linear(in_dim, 2 * dim), SimpleGate(), nn.Linear(dim, dim))
 
 
 def noise_network_input(

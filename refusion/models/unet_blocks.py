@@ -3,7 +3,8 @@
 Module nesting and attribute names follow the official IR-SDE code so that official state dicts load
 with their own keys: a ResBlock holds ``mlp.1`` (time projection), ``block1.proj``, ``block2.proj``,
 ``res_conv``; an attention layer is ``Residual(PreNorm(LinearAttention))`` whose keys read
-``fn.norm.g``, ``fn.fn.to_qkv``, ``fn.fn.to_out.0``, ``fn.fn.to_out.1.g``.
+``fn.norm.g``, ``fn.fn.to_qkv``, ``fn.fn.to_out.0``, ``fn.fn.to_out.1.g`` (``fn.fn.to_out`` for the
+softmax ``SelfAttention`` of the unconditional denoising network).
 """
 from __future__ import annotations
 
@@ -95,9 +96,28 @@ class LinearAttention(nn.Module):
         return self.to_out(out.reshape(b, -1, h, w))
 
 
-def attention_layer(dim: int) -> Residual:
-    """Pre-normalised residual linear attention, nested as in the official networks."""
-    return Residual(PreNorm(dim, LinearAttention(dim)))
+class SelfAttention(nn.Module):
+    """Multi-head softmax self-attention over all pixels (the official ``Attention``; keys
+    ``to_qkv``, ``to_out``): quadratic in the number of pixels, so used at the deepest level only."""
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads = heads
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        # (B, heads, pixels, dim_head); the default scale of the product is dim_head ** -0.5
+        q, k, v = (t.reshape(b, self.heads, -1, h * w).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+def attention_layer(dim: int, attention: type[nn.Module] = LinearAttention) -> Residual:
+    """Pre-normalised residual attention (linear by default), nested as in the official networks."""
+    return Residual(PreNorm(dim, attention(dim)))
 
 
 class Block(nn.Module):
