@@ -68,7 +68,8 @@ def test_nafnet_local_options_switch_tlc_on_and_match_the_official_local_output(
     with_tlc = refusion.restore(lq, model=out, progress=False).numpy()
     np.testing.assert_allclose(with_tlc, np.clip(r["output"], 0, 1), atol=2e-5, rtol=0)
     without = refusion.restore(lq, model=out, tlc=False, progress=False).numpy()
-    assert np.abs(without - with_tlc).max() > 1e-3      # TLC really changes the output at 64x80
+    # without TLC the output leaves the official (local) one by 10x the tolerance matched above
+    assert np.abs(without - np.clip(r["output"], 0, 1)).max() > 2e-4
 
 
 def test_hinet_and_baseline_are_detected_and_match(tmp_path):

@@ -116,8 +116,13 @@ def import_official(out: str | os.PathLike, *, weights: str | os.PathLike, optio
     if occupied and not overwrite:
         raise ImportRefusal(f"output folder {out} already exists and is not empty (pass --overwrite to replace it)")
     opts = _read_options(options)
-    param_key = param_key or (opts.inference.param_key if opts is not None else None)
-    state_dict = read_checkpoint(weights, param_key=param_key)
+    try:
+        state_dict = read_checkpoint(weights, param_key=param_key or _options_param_key(opts))
+    except ImportRefusal:
+        if param_key is not None or _options_param_key(opts) is None:
+            raise
+        # BasicSR files name `params` by default; a checkpoint holding only `params_ema` is still fine
+        state_dict = read_checkpoint(weights)
     found = _detect(state_dict, weights)
     if opts is not None:
         _check(opts, found, options)
@@ -151,6 +156,10 @@ def import_official(out: str | os.PathLike, *, weights: str | os.PathLike, optio
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return result
+
+
+def _options_param_key(opts) -> str | None:
+    return opts.inference.param_key if opts is not None else None
 
 
 def _read_options(options):
