@@ -201,3 +201,32 @@ def test_restore_takes_an_official_checkpoint_file_directly(tmp_path, monkeypatc
     assert restore_cli.main([str(image), "-o", str(tmp_path / "o2"), "--model", str(noise), "--options",
                              str(OPTS / "refusion_small.yml"), "--steps", "2", "--no-progress"]) == 0
     assert read_image(tmp_path / "o2" / "a.png").shape == (24, 32, 3)
+
+
+def test_denoising_sde_model_imports_with_its_own_sde_and_unconditional_network(tmp_path):
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+    out = tmp_path / "denoise"
+    weights = tmp_path / "denoise.pth"
+    torch.save(torch.load(DATA / "variants" / "net_cnafnet_denoise_small.pt", weights_only=True), weights)
+    result = import_official(out, weights=weights, options=OPTS / "denoising_small.yml")
+    assert result.network == "UnconditionalNAFNet" and result.given["noise_level"] == 15.0
+    pipe = refusion.load_pipeline(out)
+    assert isinstance(pipe.scheduler, DenoisingSDEScheduler)
+    r = dict(np.load(DATA / "variants" / "net_cnafnet_denoise_small.npz"))
+    with torch.no_grad():
+        got = pipe.unet(torch.from_numpy(r["x_t"]), torch.from_numpy(r["t_vec"]))
+    np.testing.assert_allclose(got.numpy(), r["output_t_vec"], atol=2e-5, rtol=0)
+    sched = dict(np.load(DATA / "variants" / "dsde_cosine_s50_T100.npz"))
+    np.testing.assert_allclose(pipe.scheduler.sigma_bars.numpy(), sched["sigma_bars"], rtol=2e-4, atol=1e-7)
+    # restoring runs the reverse ODE from the step that fits sigma 15 with net(x, t); the noise goes down
+    clean = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    noisy = clean + 15 / 255 * torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    steps = pipe.scheduler.start_timestep
+    assert 0 < steps < 100
+    calls = []
+    unet_forward = pipe.unet.forward
+    pipe.unet.forward = lambda *args, **kw: calls.append(len(args)) or unet_forward(*args, **kw)
+    pipe(noisy.clamp(0, 1), output_type="pt", progress=False)
+    assert calls and set(calls) == {2}          # net(x_t, t): no degraded-image input
+    assert len(calls) == steps

@@ -36,6 +36,7 @@ from refusion.data.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_
 from refusion.inference.loading import REGRESSOR_NAMES, load_network, network_channels, own_memory, read_run_task, spatial_multiple, weights_dir
 from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
+from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.inference.tiling import tiled_apply, validate_tiling
 
@@ -58,6 +59,14 @@ class RefusionPipelineOutput(BaseOutput):
 
     images: Any
 
+
+
+# noise networks of the DenoisingSDE (codes/config/denoising-sde): net(x_t, t), no degraded image input
+UNCONDITIONAL_NETWORKS = ("UnconditionalNAFNet", "UnconditionalUNet")
+
+
+def _is_unconditional(noise_fn) -> bool:
+    return type(noise_fn).__name__ in UNCONDITIONAL_NETWORKS
 
 
 def _check_generator(generator: Generator, batch: int) -> None:
@@ -106,10 +115,13 @@ def sde_sample(
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
     # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
     net = InferenceNetwork(noise_fn, mu.device, half=half)
+    unconditional = _is_unconditional(noise_fn)
     for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
         def predict(x_t, mu_t, cond_t=None):
+            if unconditional:        # the DenoisingSDE's networks see only the state
+                return to_float32(net(x_t, t_batch))
             out = net(x_t, mu_t, t_batch) if cond_t is None else net(x_t, mu_t, t_batch, cond=cond_t)
             return to_float32(out)
 
@@ -150,7 +162,7 @@ class RefusionPipeline(DiffusionPipeline):
     _optional_components = ["autoencoder"]
     model_cpu_offload_seq = "autoencoder->unet"
 
-    def __init__(self, unet, scheduler: IRSDEScheduler, autoencoder=None, lq_upscale: int = 1):
+    def __init__(self, unet, scheduler: IRSDEScheduler | DenoisingSDEScheduler, autoencoder=None, lq_upscale: int = 1):
         super().__init__()
         if not isinstance(lq_upscale, int) or isinstance(lq_upscale, bool) or lq_upscale < 1:
             raise ValueError(f"lq_upscale must be an int >= 1 (the SR factor the LQ image is upsampled by "
@@ -231,8 +243,11 @@ class RefusionPipeline(DiffusionPipeline):
                 raise ValueError(f"cond must be (B, C, H, W) matching the image {tuple(lq.shape)}, "
                                  f"got {tuple(cond.shape)}")
         overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
-        scheduler = IRSDEScheduler.from_config(self.scheduler.config, **overrides)  # never mutate ours
-        steps = num_inference_steps or scheduler.config.num_train_timesteps
+        scheduler = type(self.scheduler).from_config(self.scheduler.config, **overrides)  # never mutate ours
+        if isinstance(scheduler, DenoisingSDEScheduler):
+            steps = num_inference_steps      # None: every step from the start timestep (the official loop)
+        else:
+            steps = num_inference_steps or scheduler.config.num_train_timesteps
         bar = self.progress_bar if progress else (lambda steps: steps)
         use_latent = self._use_latent(latent, height, width, channels)
         if tile_size is not None:

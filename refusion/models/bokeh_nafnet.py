@@ -19,6 +19,8 @@ from torch import nn
 
 from .blocks import NAFBlock, SimpleGate, gated_mlp, noise_network_input, time_steps
 from .conditional_nafnet import NAFNoiseVariant
+# diffusers' pipeline loader looks its base classes up in the component's own module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 LENS_INFO = ("src_lens", "tgt_lens", "disparity")
 

@@ -15,6 +15,8 @@ from torch import nn
 
 from .blocks import GainLayerNorm2d, NAFBlock, noise_network_input
 from .conditional_nafnet import NAFNoiseVariant
+# diffusers' pipeline loader looks its base classes up in the component's own module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 # SCAM attends on a bicubic 1/4 copy of the features and nearest-upsamples the result back; the
 # copy is made with scale_factor (not a size), which sets the bicubic sampling grid as officially

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 from .conditional_nafnet import NAFNoiseVariant
+# diffusers' pipeline loader looks its base classes up in the component's own module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 
 class UnconditionalNAFNet(NAFNoiseVariant):

@@ -13,6 +13,8 @@ from diffusers.configuration_utils import register_to_config
 
 from .conditional_unet import NoiseUNet
 from .unet_blocks import SelfAttention
+# diffusers' pipeline loader looks its base classes up in the component's own module
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 
 class UnconditionalUNet(NoiseUNet):

@@ -230,16 +230,29 @@ def _scheduler_settings(opts, sde, weights: Path, name: str) -> dict[str, Any]:
 
 
 def _write_pipeline(folder: Path, net, opts, sde, latent_weights, result: ImportedModel, weights: Path) -> None:
-    from refusion.inference.pipeline import RefusionPipeline
+    from refusion.inference.pipeline import UNCONDITIONAL_NETWORKS, RefusionPipeline
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     settings = _scheduler_settings(opts, sde, weights, result.network)
-    if settings.get("sde_type", "ir-sde") != "ir-sde":
-        raise ImportRefusal(f"{weights}: the options {opts.source} use the {settings['sde_type']} SDE; "
-                            f"refusion's pipeline runs the IR-SDE only for now (see docs/official_models.md)")
     result.sde = settings
-    scheduler = IRSDEScheduler(max_sigma=settings["max_sigma"], num_train_timesteps=settings["T"],
-                               schedule=settings["schedule"], eps=settings["eps"])
+    common = dict(max_sigma=settings["max_sigma"], num_train_timesteps=settings["T"], schedule=settings["schedule"],
+                  eps=settings["eps"])
+    if settings.get("sde_type", "ir-sde") == "denoising":
+        if result.network not in UNCONDITIONAL_NETWORKS:
+            raise ImportRefusal(f"{opts.source}: the DenoisingSDE runs an unconditional network net(x, t), but "
+                                f"{weights} holds a {result.network}")
+        noise_level = opts.inference.noise_sigma
+        # the official denoising test runs the reverse ODE from the step whose sigma_bar fits the noise level
+        sampler = settings.get("official_sampler") if settings.get("official_sampler") in ("ode", "sde", "posterior") \
+            else "ode"
+        scheduler = DenoisingSDEScheduler(**common, sampler=sampler, noise_level=noise_level)
+        result.given["noise_level"] = noise_level
+    else:
+        if result.network in UNCONDITIONAL_NETWORKS:
+            raise ImportRefusal(f"{weights} holds an unconditional {result.network} (the denoising-sde networks); "
+                                f"it needs the DenoisingSDE: pass the denoising-sde option file")
+        scheduler = IRSDEScheduler(**common)
     autoencoder = _autoencoder(opts, latent_weights, net, result, weights)
     upscale = opts.inference.upscale if opts is not None and opts.inference.upscale else 1
     if upscale > 1:
