@@ -9,7 +9,8 @@ from refusion import models, official
 from refusion.evaluation import metrics
 from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sample
 from refusion.inference.restoration import restore
+from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler, IRSDESchedulerOutput
 
-__all__ = ["IRSDEScheduler", "IRSDESchedulerOutput", "RefusionPipeline", "load_pipeline", "sample", "restore",
+__all__ = ["IRSDEScheduler", "DenoisingSDEScheduler", "IRSDESchedulerOutput", "RefusionPipeline", "load_pipeline", "sample", "restore",
            "models", "metrics", "official"]
