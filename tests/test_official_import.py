@@ -230,3 +230,20 @@ def test_denoising_sde_model_imports_with_its_own_sde_and_unconditional_network(
     pipe(noisy.clamp(0, 1), output_type="pt", progress=False)
     assert calls and set(calls) == {2}          # net(x_t, t): no degraded-image input
     assert len(calls) == steps
+
+
+def test_undetermined_arguments_take_the_value_that_fits_the_weights(tmp_path):
+    # HINet at depth 6 with HIN down to the deepest level: the class default hin_position_right=4 does
+    # not fit, detection's chosen value does; the import must build with it
+    from refusion.models import HINet
+
+    torch.manual_seed(0)
+    net = HINet(wf=4, depth=6, hin_position_left=0, hin_position_right=6)
+    weights = tmp_path / "hinet.pth"
+    torch.save({"params": net.state_dict()}, weights)
+    result = import_official(tmp_path / "out", weights=weights)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = net(x)[-1], load_regressor(tmp_path / "out")(x)[-1]
+    torch.testing.assert_close(got, expected)
+    assert "relu_slope" in result.defaulted

@@ -35,6 +35,7 @@ from refusion.benchmarks.half_path import bench_half_path
 from refusion.benchmarks.large_image import bench_large_image
 from refusion.benchmarks.layers import bench_layers
 from refusion.benchmarks.networks import bench_layernorm, bench_networks
+from refusion.benchmarks.official import bench_official
 from refusion.benchmarks.sampling import bench_sampling, bench_scheduler
 from refusion.benchmarks.training import bench_dataloader, bench_threading, bench_train_step
 
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
     "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
     "allocator": bench_allocator, "block_ops": bench_block_ops, "layers": bench_layers,
+    "official": bench_official,
 }
 
 

@@ -62,34 +62,34 @@ class Has:
 
 
 @dataclass(frozen=True)
-class HasAny:
-    """Some key matches ``pattern`` (a regular expression matched against the whole key)."""
+class KeyPattern:
+    """Some key (``present``) or no key (not ``present``) matches ``pattern``, a regular expression
+    matched against the whole key; ``label`` names the keys in tables and messages."""
 
     pattern: str
     label: str
-    positive = True
+    present: bool = True
 
-    def problem(self, sd: StateDict) -> str | None:
-        return None if any(re.fullmatch(self.pattern, k) for k in sd) else f"no key like {self.label}"
-
-    def __str__(self) -> str:
-        return f"any {self.label}"
-
-
-@dataclass(frozen=True)
-class HasNone:
-    """No key matches ``pattern``."""
-
-    pattern: str
-    label: str
-    positive = False
+    @property
+    def positive(self) -> bool:
+        return self.present
 
     def problem(self, sd: StateDict) -> str | None:
         found = sorted(k for k in sd if re.fullmatch(self.pattern, k))
+        if self.present:
+            return None if found else f"no key like {self.label}"
         return f"unexpected {self.label} keys ({found[0]}{', ...' if len(found) > 1 else ''})" if found else None
 
     def __str__(self) -> str:
-        return f"no {self.label}"
+        return f"{'any' if self.present else 'no'} {self.label}"
+
+
+def HasAny(pattern: str, label: str) -> KeyPattern:  # noqa: N802  (reads like the other rules)
+    return KeyPattern(pattern, label)
+
+
+def HasNone(pattern: str, label: str) -> KeyPattern:  # noqa: N802
+    return KeyPattern(pattern, label, present=False)
 
 
 @dataclass(frozen=True)

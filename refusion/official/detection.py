@@ -166,8 +166,11 @@ def _listed(title: str, items: list[str]) -> str:
 def _refusal(sd: StateDict, closest: _Attempt) -> DetectionError:
     det = closest.detector
     total = sum(1 for rule in det.condition if rule.positive)
-    lines = [f"no refusion network fits these weights ({len(sd)} tensors); closest: {det.name} "
-             f"({closest.matched} of {total} key conditions met)"]
+    if closest.matched:
+        head = f"closest: {det.name} ({closest.matched} of {total} key conditions met)"
+    else:
+        head = f"no key condition of any refusion network holds; closest: {det.name} (fewest conditions unmet)"
+    lines = [f"no refusion network fits these weights ({len(sd)} tensors); {head}"]
     for title, items in (("conditions not met", closest.unmet), ("does not fit", closest.problems),
                          ("missing keys", closest.missing), ("unexpected keys", closest.unexpected),
                          ("shape mismatches", closest.shapes)):

@@ -191,10 +191,12 @@ def _check(opts, found, options) -> None:
 
 def _resolve_kwargs(found, opts) -> tuple[dict, dict, dict]:
     """Detected constructor arguments, completed from the options where the weights cannot tell."""
-    kwargs = dict(found.kwargs)
+    kwargs = dict(found.build_kwargs)        # undetermined arguments at the value that fits the weights
     given, defaulted = {}, {}
     option_kwargs = dict(opts.network.kwargs) if opts is not None and opts.network.name == found.name else {}
     for arg, why in found.undetermined.items():
+        if not why.constructor:              # e.g. TLC's training size: applied at inference, not built
+            continue
         if arg in option_kwargs:
             kwargs[arg] = option_kwargs[arg]
             given[arg] = option_kwargs[arg]
