@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from refusion.inference.capability import native_bf16
+
 __all__ = ["activate_skip_gains", "gemm_gflops", "gemm_probe", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
            "peak_rss_bytes", "prepare_for_inference", "machine_info", "parameter_count"]
 
@@ -287,6 +289,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16("cpu"),      # decides the half path and bf16 mixed precision on CPU
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

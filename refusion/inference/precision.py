@@ -8,7 +8,9 @@ NHWC kernels (measured in docs/performance.md: 1.2-1.5x for the NAFNet-style net
 never slower for the others). Outputs are handed back to the caller's float32 NCHW state with
 :func:`to_float32`.
 
-``half=True`` runs each network with its weights in bfloat16 (CPU) / float16 (CUDA), also in
+``half=True`` runs each network with its weights in bfloat16 (CPU with native bf16: AVX512-BF16 or
+AMX-BF16; elsewhere on a CPU it warns and runs float32, see refusion.inference.capability) /
+float16 (CUDA), also in
 channels_last layout: 2.4x (NAFNet w32) and 2.1x (the Refusion noise network w64) faster than
 float32 on a Zen 4 CPU, where ``torch.autocast`` gives 1.5x, because autocast re-casts every
 weight on every call (its weight cache is off in inference mode). The weights are cast ONCE (per
@@ -21,11 +23,14 @@ runs under autocast instead (and gets its inputs as they are).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from refusion.inference.capability import bf16_reason, native_bf16
 
 __all__ = ["half_dtype", "half_precision", "InferenceNetwork", "channels_last", "as_network_input", "to_float32",
            "check_finite", "nonfinite_hint"]
@@ -34,6 +39,16 @@ __all__ = ["half_dtype", "half_precision", "InferenceNetwork", "channels_last", 
 def half_dtype(device: torch.device | str) -> torch.dtype:
     """float16 on CUDA (tensor cores), bfloat16 elsewhere (its float32 exponent range: no overflow)."""
     return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+
+def half_is_fast(device: torch.device) -> bool:
+    """Whether half precision pays on ``device``; on a CPU without native bfloat16 it does not: warn
+    (once per call site, Python's default warning filter) and let the caller run float32 instead."""
+    if half_dtype(device) != torch.bfloat16 or native_bf16(device):
+        return True
+    warnings.warn(f"half=True ignored: {bf16_reason(device)}; the network runs in float32 (same results, "
+                  f"faster here)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def half_precision(device: torch.device, enabled: bool):
@@ -97,7 +112,7 @@ class InferenceNetwork:
 
     def __init__(self, module: Callable[..., Any], device: torch.device | str, *, half: bool = False):
         self.device = torch.device(device)
-        self.half = bool(half)
+        self.half = bool(half) and half_is_fast(self.device)
         self.dtype = half_dtype(self.device) if self.half else None
         self.module = module
         self.weights: dict[str, torch.Tensor] | None = None

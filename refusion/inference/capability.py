@@ -1,0 +1,69 @@
+"""What the device really does fast: native bfloat16 on this CPU, fp16/bf16 on CUDA.
+
+bfloat16 pays only where the hardware computes it: on a CPU with AVX512-BF16 or AMX-BF16 a bf16
+matrix multiply runs 2-3x faster than float32, on an AVX2-only CPU about 90x slower (0.9 against
+82 GFLOP/s measured on an AMD EPYC, docs/performance.md), because oneDNN then emulates it. The
+half path and bf16 mixed precision ask here first.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+__all__ = ["native_bf16", "cpu_bf16_flags", "bf16_reason"]
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags() -> list[str] | None:
+    """The bf16 instruction flags /proc/cpuinfo lists (None where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in BF16_FLAGS if flag in present]
+    except OSError:
+        return None
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_native_bf16() -> bool:
+    flags = cpu_bf16_flags()
+    if flags is not None:
+        return bool(flags)
+    return _bf16_matmul_not_slower()
+
+
+def _bf16_matmul_not_slower(size: int = 256, repeats: int = 5) -> bool:
+    """Where the CPU flags are unknown: is a bf16 matmul at most as slow as float32? (a few ms)"""
+    def best(dtype):
+        a = torch.rand(size, size).to(dtype)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.bfloat16) <= best(torch.float32)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True when bfloat16 compute is native on ``device`` (CUDA: ``is_bf16_supported``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_native_bf16()
+    return True
+
+
+def bf16_reason(device: torch.device | str) -> str:
+    """Why bf16 is slow on ``device`` (for warnings and errors)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (f"this CPU has no native bfloat16 (no {' / '.join(BF16_FLAGS)}; torch reports {capability}): "
+            f"bfloat16 is emulated there and runs many times slower than float32")

@@ -1,0 +1,73 @@
+"""Native bfloat16 detection and the half path's float32 fallback on CPUs that emulate bf16."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from refusion.inference import capability
+from refusion.inference.precision import InferenceNetwork
+from refusion.models import NAFNet
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    def set_native(value: bool):
+        monkeypatch.setattr(capability, "_cpu_native_bf16", lambda: value)
+    return set_native
+
+
+def small_net():
+    torch.manual_seed(0)
+    return NAFNet(width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]).eval()
+
+
+def test_flags_decide_where_cpuinfo_lists_them(monkeypatch):
+    capability._cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: [])
+    assert capability._cpu_native_bf16() is False
+    capability._cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert capability._cpu_native_bf16() is True
+    capability._cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: None)         # unknown: measure
+    monkeypatch.setattr(capability, "_bf16_matmul_not_slower", lambda: False)
+    assert capability._cpu_native_bf16() is False
+    capability._cpu_native_bf16.cache_clear()
+
+
+def test_half_on_a_cpu_without_native_bf16_runs_float32_with_one_warning(cpu_bf16):
+    cpu_bf16(False)
+    net = small_net()
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.warns(RuntimeWarning, match="half=True ignored: this CPU has no native bfloat16"):
+        runner = InferenceNetwork(net, "cpu", half=True)
+    assert runner.half is False and runner.weights is None
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), net(x), rtol=0, atol=1e-6)
+
+
+def test_half_on_a_cpu_with_native_bf16_casts_the_weights(cpu_bf16):
+    cpu_bf16(True)
+    net = small_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner = InferenceNetwork(net, "cpu", half=True)
+    assert runner.half is True
+    assert {t.dtype for t in runner.weights.values() if t.is_floating_point()} == {torch.bfloat16}
+
+
+def test_restore_half_follows_the_capability(cpu_bf16):
+    import refusion
+
+    net = small_net()
+    x = torch.rand(1, 3, 16, 16)
+    full = refusion.restore(x, model=net, progress=False)
+    cpu_bf16(False)
+    with pytest.warns(RuntimeWarning, match="runs in float32"):
+        emulated = refusion.restore(x, model=net, progress=False, half=True)
+    torch.testing.assert_close(emulated, full, rtol=0, atol=1e-6)     # float32: the same result
+    cpu_bf16(True)
+    native = refusion.restore(x, model=net, progress=False, half=True)
+    assert 1e-6 < (native - full).abs().max() < 0.05                    # bf16 really ran
