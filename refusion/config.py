@@ -29,6 +29,7 @@ TASKS = ("sde", "regressor", "latent_autoencoder")
 OPTIMIZERS = ("lion", "adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 NOISE_SCHEDULES = ("cosine", "linear")
+SDE_TYPES = ("ir_sde", "denoising")   # IR-SDE (mean mu) | the denoising-sde DenoisingSDE (mean x0)
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LOSSES = {
     "sde": ("l1", "l2"),
@@ -37,13 +38,13 @@ LOSSES = {
 }
 # which networks each task can train (the task decides the forward signature the objective calls)
 TASK_MODELS = {
-    "sde": ("ConditionalNAFNet", "ConditionalUNet"),
+    "sde": ("ConditionalNAFNet", "ConditionalUNet", "UnconditionalNAFNet", "UnconditionalUNet"),
     "regressor": ("NAFNet", "Baseline", "HINet", "NAFFTNet"),
     "latent_autoencoder": ("LatentUNet",),
 }
-# the official task variants (denoising-sde, latent-bokeh, stereo-sr call conventions): their official
-# weights load, are detected and are checked against the official outputs; no recipe task trains them yet
-OFFICIAL_VARIANTS = ("UnconditionalNAFNet", "UnconditionalUNet", "BokehNAFNet", "StereoNAFNet")
+# the official latent-bokeh and stereo-sr networks: their official weights load, are detected and are
+# checked against the official outputs; no recipe task trains them yet (their inputs have no data path)
+OFFICIAL_VARIANTS = ("BokehNAFNet", "StereoNAFNet")
 _TASK_MODEL_KIND = {"sde": "a noise network", "regressor": "a regressor",
                     "latent_autoencoder": "an autoencoder"}
 
@@ -78,19 +79,35 @@ class ModelConfig:
 
 @dataclass(kw_only=True)
 class SchedulerConfig:
-    """IRSDEScheduler keyword arguments (max_sigma on the 0-255 scale)."""
+    """The SDE: ``type`` picks IRSDEScheduler (ir_sde) or DenoisingSDEScheduler (denoising), the other
+    keys are its keyword arguments (max_sigma on the 0-255 scale)."""
+    type: str = _field("ir_sde", choices=SDE_TYPES)
     max_sigma: float = _field(50.0, check=POSITIVE)
     num_train_timesteps: int = _field(100, check=AT_LEAST_ONE)
     schedule: str = _field("cosine", choices=NOISE_SCHEDULES)
-    eps: float = _field(0.005, check=OPEN_UNIT)
+    eps: Optional[float] = _field(None, check=OPEN_UNIT)     # None: the SDE's own (0.005 ir_sde, 0.04 denoising)
     sampler: Optional[str] = _field(None)
     prediction_type: str = _field("epsilon")
     eta: float = _field(1.0, check=NON_NEGATIVE)
     solver_order: int = _field(2, check=AT_LEAST_ONE)
+    noise_level: Optional[float] = _field(None, check=POSITIVE)   # denoising: test noise sigma (0-255)
 
     def scheduler_kwargs(self) -> dict[str, Any]:
-        """The IRSDEScheduler(**kwargs); an unset sampler leaves the scheduler's default."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The scheduler's (**kwargs); unset values leave the scheduler's defaults."""
+        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "type"}
+        if self.type == "denoising":
+            kwargs.pop("solver_order", None)     # the DenoisingSDE has no multistep solvers
+        return kwargs
+
+    def build(self):
+        """The scheduler this section describes."""
+        if self.type == "denoising":
+            from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+            return DenoisingSDEScheduler(**self.scheduler_kwargs())
+        from refusion.schedulers.ir_sde import IRSDEScheduler
+
+        return IRSDEScheduler(**self.scheduler_kwargs())
 
 
 @dataclass(kw_only=True)
@@ -409,11 +426,34 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str],
 # ---------------------------------------------------------------------------------------------
 # cross-field checks
 
+# noise networks of each SDE: the DenoisingSDE's see only the state, net(x_t, t)
+SDE_TYPE_MODELS = {"ir_sde": ("ConditionalNAFNet", "ConditionalUNet"),
+                   "denoising": ("UnconditionalNAFNet", "UnconditionalUNet")}
+
+
+def _check_sde_type(recipe: Recipe, ctx: _Context) -> None:
+    sched = recipe.scheduler
+    allowed = SDE_TYPE_MODELS[sched.type]
+    if recipe.model.name in TASK_MODELS["sde"] and recipe.model.name not in allowed:
+        ctx.fail("model.name", f"scheduler.type {sched.type!r} trains {', '.join(allowed)}; got "
+                               f"{recipe.model.name!r} (the DenoisingSDE's networks are net(x_t, t), the "
+                               f"IR-SDE's net(x_t, mu, t))")
+    if sched.type == "ir_sde" and sched.noise_level is not None:
+        ctx.fail("scheduler.noise_level", "scheduler.noise_level is only used by scheduler.type 'denoising'")
+    if sched.type == "denoising":
+        if sched.sampler not in (None, "ode", "sde", "posterior"):
+            ctx.fail("scheduler.sampler", f"scheduler.sampler must be one of ode, sde, posterior for "
+                                          f"scheduler.type 'denoising'; got {sched.sampler!r}")
+        if recipe.latent is not None:
+            ctx.fail("latent", "latent: the DenoisingSDE runs on pixels; remove latent or use scheduler.type ir_sde")
+
+
 def _check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: _Context) -> None:
     task = recipe.task
     if task == "sde":
         if recipe.scheduler is None:
             recipe.scheduler = SchedulerConfig()
+        _check_sde_type(recipe, ctx)
         steps, total = recipe.validation.num_inference_steps, recipe.scheduler.num_train_timesteps
         if steps > total:
             ctx.fail("validation.num_inference_steps",

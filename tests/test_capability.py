@@ -71,3 +71,19 @@ def test_restore_half_follows_the_capability(cpu_bf16):
     cpu_bf16(True)
     native = refusion.restore(x, model=net, progress=False, half=True)
     assert 1e-6 < (native - full).abs().max() < 0.05                    # bf16 really ran
+
+
+def test_bf16_mixed_precision_on_a_cpu_without_native_bf16_is_refused_before_step_1(cpu_bf16, tmp_path, capsys):
+    import yaml
+
+    from refusion.cli.train import main as train_main
+    from test_training import make_pairs, tiny_recipe_dict
+
+    cpu_bf16(False)
+    data = make_pairs(tmp_path / "pairs", n_train=2, n_val=1)
+    path = tmp_path / "recipe.yml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict("regressor", data, tmp_path / "run", mixed_precision="bf16")))
+    assert train_main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "train.mixed_precision is 'bf16'" in err and "no native bfloat16" in err and str(path) in err
+    assert not (tmp_path / "run").exists()           # nothing written

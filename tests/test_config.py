@@ -88,7 +88,7 @@ def test_paper_training_settings():
     shadow = load_recipe(ROOT / "recipes/shadow.yml", check_paths=False, check_model=False)
     assert (shadow.optimizer.name, shadow.optimizer.lr, shadow.optimizer.betas) == ("lion", 3e-5, (0.9, 0.99))
     assert (shadow.lr_schedule.name, shadow.lr_schedule.eta_min) == ("cosine", 1e-7)
-    assert dataclasses.astuple(shadow.scheduler)[:4] == (50.0, 100, "cosine", 0.005)
+    assert dataclasses.astuple(shadow.scheduler)[:5] == ("ir_sde", 50.0, 100, "cosine", 0.005)
     assert (shadow.train.batch_size, shadow.data.train.gt_size, shadow.train.total_iters) == (8, 256, 700000)
     assert shadow.data.train.use_flip and shadow.data.train.use_rot
     assert shadow.train.ema_decay == pytest.approx(0.995 ** 0.1, abs=1e-6)
@@ -118,11 +118,14 @@ def test_readme_documents_every_key():
 def test_defaults_follow_the_schema():
     r = schema_only(minimal())
     assert r.output_dir == "runs/tiny" and r.seed == 0 and r.latent is None and r.data.val is None
-    assert r.scheduler == config.SchedulerConfig(max_sigma=50.0, num_train_timesteps=100, schedule="cosine",
-                                                 eps=0.005)
+    assert r.scheduler == config.SchedulerConfig(type="ir_sde", max_sigma=50.0, num_train_timesteps=100,
+                                                 schedule="cosine", eps=None)
     assert r.scheduler.scheduler_kwargs() == {"max_sigma": 50.0, "num_train_timesteps": 100, "schedule": "cosine",
-                                              "eps": 0.005, "prediction_type": "epsilon", "eta": 1.0,
-                                              "solver_order": 2}
+                                              "prediction_type": "epsilon", "eta": 1.0, "solver_order": 2}
+    assert r.scheduler.build().config.eps == 0.005               # the IR-SDE's own eps
+    denoising = schema_only(minimal("sde", "UnconditionalNAFNet", scheduler={"type": "denoising"})).scheduler
+    assert type(denoising.build()).__name__ == "DenoisingSDEScheduler" and denoising.build().config.eps == 0.04
+    assert "solver_order" not in denoising.scheduler_kwargs()
     assert (r.optimizer.name, r.optimizer.lr, r.optimizer.betas, r.optimizer.weight_decay) == \
         ("lion", 3e-5, (0.9, 0.99), 0.0)
     assert (r.train.batch_size, r.train.grad_accum, r.train.clip_grad_norm, r.train.ema_decay,
@@ -216,7 +219,7 @@ def test_value_ranges_and_cross_checks():
 def test_task_and_model_must_fit():
     assert error(schema_only, minimal("sde", "NAFNet")) == (
         "r.yml: task 'sde' needs a noise network: model.name must be one of ConditionalNAFNet, "
-        "ConditionalUNet; got 'NAFNet'")
+        "ConditionalUNet, UnconditionalNAFNet, UnconditionalUNet; got 'NAFNet'")
     assert error(schema_only, minimal("regressor", "ConditionalNAFNet")) == (
         "r.yml: task 'regressor' needs a regressor: model.name must be one of NAFNet, Baseline, HINet, "
         "NAFFTNet; got 'ConditionalNAFNet'")
@@ -257,7 +260,21 @@ def test_task_table_names_exist_in_the_model_table():
 def test_an_official_variant_in_a_recipe_is_refused_by_name():
     assert error(schema_only, minimal("sde", "BokehNAFNet")) == (
         "r.yml: BokehNAFNet is an official task variant that refusion loads and imports but does not train "
-        "yet; task 'sde' trains ConditionalNAFNet, ConditionalUNet")
+        "yet; task 'sde' trains ConditionalNAFNet, ConditionalUNet, UnconditionalNAFNet, UnconditionalUNet")
+
+
+def test_the_sde_type_and_the_network_must_fit():
+    assert error(schema_only, minimal("sde", "UnconditionalNAFNet")) == (
+        "r.yml: scheduler.type 'ir_sde' trains ConditionalNAFNet, ConditionalUNet; got 'UnconditionalNAFNet' "
+        "(the DenoisingSDE's networks are net(x_t, t), the IR-SDE's net(x_t, mu, t))")
+    assert "scheduler.type 'denoising' trains UnconditionalNAFNet, UnconditionalUNet" in error(
+        schema_only, minimal("sde", "ConditionalNAFNet", scheduler={"type": "denoising"}))
+    assert "scheduler.noise_level is only used by scheduler.type 'denoising'" in error(
+        schema_only, minimal("sde", scheduler={"noise_level": 25}))
+    assert "scheduler.sampler must be one of ode, sde, posterior" in error(
+        schema_only, minimal("sde", "UnconditionalNAFNet", scheduler={"type": "denoising", "sampler": "mr_sde"}))
+    assert "scheduler.type must be one of ir_sde, denoising" in error(
+        schema_only, minimal("sde", scheduler={"type": "denoise"}))
 
 
 def test_unknown_model_argument(monkeypatch):

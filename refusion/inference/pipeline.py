@@ -23,6 +23,7 @@ noise prediction feeds one full-size scheduler step. All tiles therefore share o
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -304,6 +305,21 @@ class RefusionPipeline(DiffusionPipeline):
         return to_float32(out)
 
 
+SCHEDULERS = {"IRSDEScheduler": IRSDEScheduler, "DenoisingSDEScheduler": DenoisingSDEScheduler}
+
+
+def _saved_scheduler_class(folder: Path):
+    """The scheduler class a run saved (scheduler_config.json ``_class_name``)."""
+    path = folder / "scheduler_config.json"
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("_class_name", "IRSDEScheduler")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a readable scheduler config ({exc})") from exc
+    if name not in SCHEDULERS:
+        raise ValueError(f"{path}: _class_name {name!r} is not a refusion scheduler; known: {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
 def upscale_lq(lq: torch.Tensor, factor: int) -> torch.Tensor:
     """The LQ image as an SR model's SDE sees it: bicubic ``F.interpolate`` by ``factor``.
 
@@ -350,7 +366,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
             raise FileNotFoundError(f"{sched_dir / 'scheduler_config.json'} is missing: the run directory "
                                     f"{path} is incomplete (an sde run saves its scheduler there)")
         verify_weights_dir(sched_dir)
-        scheduler = IRSDEScheduler.from_pretrained(str(sched_dir))
+        scheduler = _saved_scheduler_class(sched_dir).from_pretrained(str(sched_dir))
         ae_dir = path / "autoencoder"
         autoencoder = load_network(ae_dir) if ae_dir.is_dir() else None
         unet = load_network(weights_dir(path, weights))

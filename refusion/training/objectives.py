@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 
 LATENT_REGULARISER_WEIGHT = 0.001
@@ -59,7 +60,7 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     t = scheduler.sample_timesteps(x0.shape[0], device=x0.device)
     noise = torch.randn_like(x0)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
-    output = model(x_t, mu, t) if cond is None else model(x_t, mu, t, cond)
+    output = _noise_network(model, scheduler, x_t, mu, t, cond)
     if scheduler.config.prediction_type == "sample":
         loss = MatchingLoss(train_cfg.loss)(_full(output), _full(x0))
         return loss, {"loss": loss.item()}
@@ -160,14 +161,25 @@ def training_module(task: str, model: nn.Module) -> nn.Module:
 # Validation: restore a batch of whole LQ images with the network being trained.
 
 
+def _noise_network(model, scheduler, x_t, mu, t, cond):
+    """The noise prediction: the DenoisingSDE's networks see only the state (net(x_t, t), as the
+    official denoising-sde code calls them); the IR-SDE's see mu (and cond) too."""
+    if isinstance(scheduler, DenoisingSDEScheduler):
+        return model(x_t, t)
+    return model(x_t, mu, t) if cond is None else model(x_t, mu, t, cond)
+
+
 @torch.no_grad()
 def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, generator=None):
-    """Reverse-time sampling from x_T = mu + lambda z with the scheduler's update rule."""
+    """Reverse-time sampling from the scheduler's initial state (x_T = mu + lambda z for the IR-SDE,
+    the noisy image itself at the start timestep for the DenoisingSDE) with its update rule."""
+    if isinstance(scheduler, DenoisingSDEScheduler):   # at most the steps from the start timestep
+        num_inference_steps = min(num_inference_steps, scheduler.start_timestep)
     scheduler.set_timesteps(num_inference_steps, device=mu.device)
     x = scheduler.initial_sample(mu, generator=generator).to(mu.dtype)
     for t in scheduler.timesteps:
         t_batch = t.expand(mu.shape[0]).to(mu.device)
-        noise_pred = model(x, mu, t_batch) if cond is None else model(x, mu, t_batch, cond)
+        noise_pred = _noise_network(model, scheduler, x, mu, t_batch, cond)
         x = scheduler.step(noise_pred.float(), t, x, mu=mu, generator=generator).prev_sample.to(mu.dtype)
     return x
 
