@@ -207,7 +207,7 @@ def test_training_target_and_prediction(ref, sched):
 
 def test_sde_objective_drives_the_scheduler():
     """refusion.training.objectives.sde_objective calls sample_timesteps, add_noise, reverse_sde_mean and
-    optimal_prev_sample with mu=; the network is unconditional, so the call adapts net(x, t)."""
+    optimal_prev_sample with mu=, and calls the unconditional network as net(x_t, t)."""
     sched = DenoisingSDEScheduler()
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(4, 3, 8, 8, generator=g)
@@ -215,10 +215,10 @@ def test_sde_objective_drives_the_scheduler():
     batch, cfg = {"gt": gt, "lq": noisy}, types.SimpleNamespace(loss="l1")
     torch.manual_seed(0)
     # oracle: the true noise of x_t, recovered from the x0 the objective uses (the batch's gt)
-    oracle = lambda x_t, mu, t: sched.noise_from_x0(x_t, gt, t, mu=mu)
+    oracle = lambda x_t, t: sched.noise_from_x0(x_t, gt, t)
     loss, logs = sde_objective(oracle, batch, sched, cfg)
     assert logs["loss"] < 1e-4
-    loss_zero, _ = sde_objective(lambda x_t, mu, t: torch.zeros_like(x_t), batch, sched, cfg)
+    loss_zero, _ = sde_objective(lambda x_t, t: torch.zeros_like(x_t), batch, sched, cfg)
     assert float(loss_zero) > 10 * float(loss)
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from refusion.inference.capability import native_bf16
+from refusion.inference.capability import cpu_flags, native_bf16
 
 __all__ = ["activate_skip_gains", "gemm_gflops", "gemm_probe", "count_flops", "time_side_by_side", "median_time", "run_with_peak_rss",
            "peak_rss_bytes", "prepare_for_inference", "machine_info", "parameter_count"]
@@ -267,16 +267,7 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list[str]:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in wanted if flag in present]
-    except OSError:
-        pass
-    return []
+    return cpu_flags(("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")) or []
 
 
 def machine_info() -> dict[str, Any]:

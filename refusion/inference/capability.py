@@ -12,22 +12,27 @@ import time
 
 import torch
 
-__all__ = ["native_bf16", "cpu_bf16_flags", "bf16_reason"]
+__all__ = ["native_bf16", "cpu_flags", "cpu_bf16_flags", "bf16_reason"]
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_bf16_flags() -> list[str] | None:
-    """The bf16 instruction flags /proc/cpuinfo lists (None where it cannot be read)."""
+def cpu_flags(wanted: tuple[str, ...]) -> list[str] | None:
+    """Which of ``wanted`` the CPU flags in /proc/cpuinfo list (None where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
                     present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in BF16_FLAGS if flag in present]
+                    return [flag for flag in wanted if flag in present]
     except OSError:
         return None
     return None
+
+
+def cpu_bf16_flags() -> list[str] | None:
+    """The bf16 instruction flags of this CPU (None where they cannot be read)."""
+    return cpu_flags(BF16_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)

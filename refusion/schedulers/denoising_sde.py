@@ -22,7 +22,7 @@ from torch import Tensor
 
 from refusion.schedulers import samplers as S
 from refusion.schedulers.ir_sde import (
-    PREDICTION_TYPES, GeneratorLike, IRSDEScheduler, IRSDESchedulerOutput, TimestepLike, _check_choice, _check_mu,
+    PREDICTION_TYPES, GeneratorLike, IRSDEScheduler, IRSDESchedulerOutput, TimestepLike, _check_choice, _check_mu, check_sde_numbers,
     cosine_thetas, linear_thetas, randn_like_batch,
 )
 
@@ -72,14 +72,7 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
         _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("sampler", sampler, S.DENOISING_SAMPLERS)
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 1):
-            raise ValueError(f"num_train_timesteps={num_train_timesteps!r}: expected an integer >= 1")
-        if not max_sigma > 0:
-            raise ValueError(f"max_sigma={max_sigma!r}: expected > 0 (0-255 scale, e.g. 50)")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps={eps!r}: expected 0 < eps < 1 (the official DenoisingSDE uses 0.04)")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta={eta!r}: expected 0 <= eta <= 1 (1 = posterior, 0 = deterministic)")
+        check_sde_numbers(num_train_timesteps, max_sigma, eps, eta, eps_hint="the official DenoisingSDE uses 0.04")
 
         lam = _normalised(max_sigma)
         self.stationary_std: float = lam

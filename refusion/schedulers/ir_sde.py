@@ -95,14 +95,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         _check_choice("sampler", sampler, S.SAMPLERS)
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _check_choice("solver_order", solver_order, (1, 2))
-        if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 1):
-            raise ValueError(f"num_train_timesteps={num_train_timesteps!r}: expected an integer >= 1")
-        if not max_sigma > 0:
-            raise ValueError(f"max_sigma={max_sigma!r}: expected > 0 (0-255 scale, e.g. 50)")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps={eps!r}: expected 0 < eps < 1 (the signal left at t = T, e.g. 0.005)")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta={eta!r}: expected 0 <= eta <= 1 (1 = posterior, 0 = deterministic)")
+        check_sde_numbers(num_train_timesteps, max_sigma, eps, eta, eps_hint="the signal left at t = T, e.g. 0.005")
 
         lam = max_sigma / 255 if max_sigma >= 1 else max_sigma
         thetas = THETA_SCHEDULES[schedule](num_train_timesteps)
@@ -353,6 +346,18 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------- validation
+def check_sde_numbers(num_train_timesteps, max_sigma, eps, eta, *, eps_hint: str) -> None:
+    """The numeric arguments every mean-reverting SDE scheduler takes, with messages naming them."""
+    if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 1):
+        raise ValueError(f"num_train_timesteps={num_train_timesteps!r}: expected an integer >= 1")
+    if not max_sigma > 0:
+        raise ValueError(f"max_sigma={max_sigma!r}: expected > 0 (0-255 scale, e.g. 50)")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps={eps!r}: expected 0 < eps < 1 ({eps_hint})")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r}: expected 0 <= eta <= 1 (1 = posterior, 0 = deterministic)")
+
+
 def _check_choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}")
