@@ -38,13 +38,11 @@ LOSSES = {
 }
 # which networks each task can train (the task decides the forward signature the objective calls)
 TASK_MODELS = {
-    "sde": ("ConditionalNAFNet", "ConditionalUNet", "UnconditionalNAFNet", "UnconditionalUNet"),
+    "sde": ("ConditionalNAFNet", "ConditionalUNet", "UnconditionalNAFNet", "UnconditionalUNet", "StereoNAFNet",
+            "BokehNAFNet"),
     "regressor": ("NAFNet", "Baseline", "HINet", "NAFFTNet"),
     "latent_autoencoder": ("LatentUNet",),
 }
-# the official latent-bokeh and stereo-sr networks: their official weights load, are detected and are
-# checked against the official outputs; no recipe task trains them yet (their inputs have no data path)
-OFFICIAL_VARIANTS = ("BokehNAFNet", "StereoNAFNet")
 _TASK_MODEL_KIND = {"sde": "a noise network", "regressor": "a regressor",
                     "latent_autoencoder": "an autoencoder"}
 
@@ -124,6 +122,8 @@ class DatasetConfig:
     use_rot: bool = False
     cond: Optional[str] = None
     max_images: Optional[int] = _field(None, check=AT_LEAST_ONE)
+    stereo: bool = False      # <id>_L / <id>_R pairs, stacked left-then-right on channels (StereoNAFNet)
+    lens: Optional[str] = None   # bokeh: meta.txt of [src_lens, tgt_lens, disparity] per image (BokehNAFNet)
 
 
 @dataclass(kw_only=True)
@@ -427,7 +427,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str],
 # cross-field checks
 
 # noise networks of each SDE: the DenoisingSDE's see only the state, net(x_t, t)
-SDE_TYPE_MODELS = {"ir_sde": ("ConditionalNAFNet", "ConditionalUNet"),
+SDE_TYPE_MODELS = {"ir_sde": ("ConditionalNAFNet", "ConditionalUNet", "StereoNAFNet", "BokehNAFNet"),
                    "denoising": ("UnconditionalNAFNet", "UnconditionalUNet")}
 
 
@@ -474,12 +474,38 @@ def _check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: _Context) -> None:
     for i, beta in enumerate(recipe.optimizer.betas):
         if not 0 <= beta < 1:
             ctx.fail("optimizer.betas", f"optimizer.betas[{i}] must be in [0, 1), got {beta!r}")
-    if recipe.model.name in OFFICIAL_VARIANTS:
-        ctx.fail("model.name", f"{recipe.model.name} is an official task variant that refusion loads and imports "
-                               f"but does not train yet; task {task!r} trains {', '.join(TASK_MODELS[task])}")
     if recipe.model.name not in TASK_MODELS[task]:
         ctx.fail("model.name", f"task {task!r} needs {_TASK_MODEL_KIND[task]}: model.name must "
                                f"be one of {', '.join(TASK_MODELS[task])}; got {recipe.model.name!r}")
+
+
+def _datasets(recipe: Recipe) -> list[tuple[str, DatasetConfig]]:
+    """("data.train", section) and ("data.val", section) when there is one."""
+    return [(f"data.{split}", section) for split in ("train", "val")
+            if (section := getattr(recipe.data, split)) is not None]
+
+
+def _check_stereo(recipe: Recipe, ctx: _Context) -> None:
+    stereo_net = recipe.model.name == "StereoNAFNet"
+    for key, section in _datasets(recipe):
+        if section.stereo != stereo_net:
+            ctx.fail(f"{key}.stereo", f"{key}.stereo is {section.stereo} but model.name is {recipe.model.name!r}: "
+                                      f"stereo pairs (<id>_L / <id>_R) go with StereoNAFNet and only with it")
+        if section.stereo and section.use_rot:
+            ctx.fail(f"{key}.use_rot", f"{key}.use_rot with stereo pairs would turn the horizontal disparity "
+                                       f"vertical; use flips only")
+
+
+def _check_lens(recipe: Recipe, ctx: _Context) -> None:
+    """Lens information goes with BokehNAFNet, the network that embeds it, and only with it."""
+    bokeh_net = recipe.model.name == "BokehNAFNet"
+    for key, section in _datasets(recipe):
+        if bokeh_net and section.lens is None:
+            ctx.fail(f"{key}.lens", f"{key}.lens is missing: model.name 'BokehNAFNet' embeds the lens information "
+                                    f"of every image (a meta.txt with lines 'id, src_lens, tgt_lens, disparity')")
+        if not bokeh_net and section.lens is not None:
+            ctx.fail(f"{key}.lens", f"{key}.lens is set but model.name is {recipe.model.name!r}: lens information "
+                                    f"is embedded by BokehNAFNet only (for another network give it as data cond)")
 
 
 def _check_cond(recipe: Recipe, ctx: _Context) -> None:
@@ -529,12 +555,10 @@ def _check_model_args(model: ModelConfig, ctx: _Context) -> None:
 
 def _check_paths(recipe: Recipe, ctx: _Context) -> None:
     checks = []
-    for split in ("train", "val"):
-        dataset = getattr(recipe.data, split)
-        if dataset is not None:
-            checks += [(f"data.{split}.gt", dataset.gt, True), (f"data.{split}.lq", dataset.lq, True)]
-            if dataset.cond is not None:
-                checks.append((f"data.{split}.cond", dataset.cond, False))
+    for key, dataset in _datasets(recipe):
+        checks += [(f"{key}.gt", dataset.gt, True), (f"{key}.lq", dataset.lq, True)]
+        checks += [(f"{key}.{name}", getattr(dataset, name), False) for name in ("cond", "lens")
+                   if getattr(dataset, name) is not None]
     if recipe.latent is not None:
         checks.append(("latent.autoencoder", recipe.latent.autoencoder, True))
     for key, value, must_be_dir in checks:
@@ -573,6 +597,8 @@ def recipe_from_dict(data: Mapping[str, Any], source: str = "<dict>", overrides:
         _check_model_name(recipe.model, ctx)
     _check_task(recipe, raw, ctx)
     _check_cond(recipe, ctx)
+    _check_stereo(recipe, ctx)
+    _check_lens(recipe, ctx)
     if check_model:
         _check_model_args(recipe.model, ctx)
     if check_paths:

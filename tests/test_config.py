@@ -12,7 +12,7 @@ import yaml
 
 from refusion import config
 from refusion.config import (
-    OFFICIAL_VARIANTS, TASK_MODELS, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, recipe_from_dict,
+    TASK_MODELS, Recipe, RecipeError, apply_overrides, dump_recipe, load_recipe, recipe_from_dict,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_unknown_nested_key():
     d = minimal(data={"train": {"gt": "a", "lq": "b", "use_flips": True}})
     assert error(schema_only, d) == (
         "r.yml: unknown key 'use_flips' in section 'data.train' (did you mean 'use_flip'?); "
-        "allowed keys: cond, gt, gt_size, lq, max_images, use_flip, use_rot")
+        "allowed keys: cond, gt, gt_size, lens, lq, max_images, stereo, use_flip, use_rot")
 
 
 def test_wrong_types():
@@ -219,7 +219,7 @@ def test_value_ranges_and_cross_checks():
 def test_task_and_model_must_fit():
     assert error(schema_only, minimal("sde", "NAFNet")) == (
         "r.yml: task 'sde' needs a noise network: model.name must be one of ConditionalNAFNet, "
-        "ConditionalUNet, UnconditionalNAFNet, UnconditionalUNet; got 'NAFNet'")
+        "ConditionalUNet, UnconditionalNAFNet, UnconditionalUNet, StereoNAFNet, BokehNAFNet; got 'NAFNet'")
     assert error(schema_only, minimal("regressor", "ConditionalNAFNet")) == (
         "r.yml: task 'regressor' needs a regressor: model.name must be one of NAFNet, Baseline, HINet, "
         "NAFFTNet; got 'ConditionalNAFNet'")
@@ -249,23 +249,31 @@ def test_unknown_model_name_lists_the_table():
         assert message == f"r.yml: model.name: unknown model 'NAFnet' (did you mean 'NAFNet'?); allowed: {allowed}"
 
 
-def test_task_table_names_exist_in_the_model_table():
+def test_every_network_is_trained_by_exactly_one_task():
     from refusion.models import MODELS
 
-    trainable = {name for names in TASK_MODELS.values() for name in names}
-    assert trainable | set(OFFICIAL_VARIANTS) == set(MODELS)
-    assert not trainable & set(OFFICIAL_VARIANTS)
+    trainable = [name for names in TASK_MODELS.values() for name in names]
+    assert sorted(trainable) == sorted(MODELS)
 
 
-def test_an_official_variant_in_a_recipe_is_refused_by_name():
-    assert error(schema_only, minimal("sde", "BokehNAFNet")) == (
-        "r.yml: BokehNAFNet is an official task variant that refusion loads and imports but does not train "
-        "yet; task 'sde' trains ConditionalNAFNet, ConditionalUNet, UnconditionalNAFNet, UnconditionalUNet")
+def test_lens_information_goes_with_the_bokeh_network_only():
+    bokeh = minimal("sde", "BokehNAFNet")
+    assert error(schema_only, bokeh) == (
+        "r.yml: data.train.lens is missing: model.name 'BokehNAFNet' embeds the lens information of every "
+        "image (a meta.txt with lines 'id, src_lens, tgt_lens, disparity')")
+    bokeh["data"]["train"]["lens"] = "meta.txt"
+    assert schema_only(bokeh).data.train.lens == "meta.txt"
+    plain = minimal("sde")
+    plain["data"]["train"]["lens"] = "meta.txt"
+    assert error(schema_only, plain) == (
+        "r.yml: data.train.lens is set but model.name is 'ConditionalNAFNet': lens information is embedded by "
+        "BokehNAFNet only (for another network give it as data cond)")
 
 
 def test_the_sde_type_and_the_network_must_fit():
     assert error(schema_only, minimal("sde", "UnconditionalNAFNet")) == (
-        "r.yml: scheduler.type 'ir_sde' trains ConditionalNAFNet, ConditionalUNet; got 'UnconditionalNAFNet' "
+        "r.yml: scheduler.type 'ir_sde' trains ConditionalNAFNet, ConditionalUNet, StereoNAFNet, BokehNAFNet; got "
+        "'UnconditionalNAFNet' "
         "(the DenoisingSDE's networks are net(x_t, t), the IR-SDE's net(x_t, mu, t))")
     assert "scheduler.type 'denoising' trains UnconditionalNAFNet, UnconditionalUNet" in error(
         schema_only, minimal("sde", "ConditionalNAFNet", scheduler={"type": "denoising"}))

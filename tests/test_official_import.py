@@ -249,18 +249,6 @@ def test_undetermined_arguments_take_the_value_that_fits_the_weights(tmp_path):
     assert "relu_slope" in result.defaulted
 
 
-@pytest.mark.parametrize("name, network", [("net_cnafnet_bokeh_small", "BokehNAFNet"),
-                                           ("net_cnafnet_stereo_small", "StereoNAFNet")])
-def test_bokeh_and_stereo_checkpoints_are_refused_with_the_reason(tmp_path, capsys, name, network):
-    weights = tmp_path / f"{name}.pth"
-    torch.save(torch.load(DATA / "variants" / f"{name}.pt", weights_only=True), weights)
-    out = tmp_path / "out"
-    assert import_cli.main([str(out), "--weights", str(weights), "--sde", "max_sigma=50", "T=100",
-                            "schedule=cosine", "eps=0.005"]) == 2
-    err = capsys.readouterr().err
-    assert f"holds a {network}" in err and "no path for its inputs yet" in err and not out.exists()
-
-
 def test_ir_sde_conditional_unet_imports_and_matches_the_official_output(tmp_path):
     out = tmp_path / "cunet"
     result = import_official(out, weights=official(tmp_path, "net_cunet_small"),

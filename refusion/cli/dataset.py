@@ -3,7 +3,8 @@
     python tools/make_dataset.py --task shadow --out data/shadow --seed 0
     python tools/make_dataset.py --task all --out data            # data/<task> for every task
 
-Layout: OUT/{train,val,test}/{gt,lq}/*.png and OUT/manifest.json (seed, parameters, sha256).
+Layout: OUT/{train,val,test}/{gt,lq}/*.png and OUT/manifest.json (seed, parameters, sha256); the bokeh
+task also writes OUT/{train,val,test}/meta.txt (source lens, target lens, disparity of each pair).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from refusion.data.degradations import DEGRADATIONS
+from refusion.data.degradations import TASKS
 from refusion.data.synthetic import build_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", "--tasks", dest="tasks", required=True,
-                        help=f"degradation: one of {', '.join(DEGRADATIONS)}; a comma-separated list; or 'all'. "
+                        help=f"degradation: one of {', '.join(TASKS)}; a comma-separated list; or 'all'. "
                              "With several tasks each goes to OUT/<task>")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical dataset)")
@@ -34,10 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="take this many crops from every photograph instead of the --num-* totals")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     args = parser.parse_args(argv)
-    tasks = list(DEGRADATIONS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in DEGRADATIONS]
+    tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        parser.error(f"--task {args.tasks!r}: unknown {unknown}; choose from {', '.join(DEGRADATIONS)} or 'all'")
+        parser.error(f"--task {args.tasks!r}: unknown {unknown}; choose from {', '.join(TASKS)} or 'all'")
     args.tasks = tasks
     return args
 

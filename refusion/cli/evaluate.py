@@ -27,10 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-border", type=int, default=0)
     parser.add_argument("--test-y-channel", action="store_true")
     parser.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex")
+    parser.add_argument("--lens-meta", type=Path, default=None,
+                        help="bokeh runs: the test set's meta.txt (id, src_lens, tgt_lens, disparity per image)")
     args = parser.parse_args(argv)
-    result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
-                           device=args.device, max_images=args.max_images, crop_border=args.crop_border,
-                           test_y_channel=args.test_y_channel, lpips_net=args.lpips_net)
+    try:
+        result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
+                               device=args.device, max_images=args.max_images, crop_border=args.crop_border,
+                               test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta)
+    except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
     print((args.out / "results.md").read_text())
     for name, path in result["artefacts"].items():
         print(f"{name:>16}: {path}")

@@ -3,9 +3,20 @@
     python tools/restore.py photos/ -o restored/ --model runs/shadow --steps 20 --sampler mr_ode
     python tools/restore.py big.tif -o out/ --model runs/dehaze_latent --tile 512 --half
     python tools/restore.py photos/ -o out/ --model runs/nafnet --tile 512 --tlc 256
+    python tools/restore.py src/ -o out/ --model runs/bokeh --lens-meta src/meta.txt
+    python tools/restore.py a.png -o out/ --model runs/bokeh --src-lens Sony50mmf16.0BS --tgt-lens Canon50mmf1.4BS --disparity 35
 
 --model is an sde run (reverse SDE sampling), a regressor run (NAFNet/Baseline/HINet/NAFFT), a
-pipeline saved with RefusionPipeline.save_pretrained, or a saved regressor directory.
+pipeline saved with RefusionPipeline.save_pretrained, a saved regressor directory, a folder written by
+`refusion import`, or an official checkpoint file (imported on the fly; --options for noise networks).
+
+A stereo model (StereoNAFNet) restores view pairs named <id>_L / <id>_R (Flickr1024): both views go
+through the network together and both are written; a view without its partner is a usage error.
+
+A bokeh model (BokehNAFNet) needs the lens information of every image: --lens-meta FILE (the dataset's
+meta.txt, lines "id, src_lens, tgt_lens, disparity", refusion.data.lens), or --src-lens/--tgt-lens/
+--disparity for every input. An input without an entry, or a value out of range, is a usage error
+naming the file, before any image is restored.
 
 Output files keep the input file name and bit depth (16-bit in, 16-bit out). Formats the writer
 does not support (BMP, WebP, PPM/PGM) are written as PNG with ".png" appended ("a.bmp" ->
@@ -23,12 +34,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from refusion.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, write_image
-from refusion.inference.pipeline import RefusionPipeline, load_pipeline
-from refusion.inference.loading import default_tlc, load_regressor, read_run_task
+from refusion.data.lens import LensInfo, LensMetadataError, lens_info, lens_info_for, read_lens_metadata
+from refusion.inference.pipeline import RefusionPipeline, load_pipeline, takes_lens_info
+from refusion.data.paired import stereo_groups
+from refusion.inference.loading import default_tlc, is_stereo, load_regressor, read_run_task
 from refusion.inference.restoration import restore
 
 WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -70,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="regressors: test-time local converter with this training patch size (default: what the "
                           "model folder says; imported NAFNetLocal/BaselineLocal models have it on)")
     tlc.add_argument("--no-tlc", action="store_true", help="regressors: switch the test-time local converter off")
+    lens = p.add_argument_group("bokeh models (lens information)")
+    lens.add_argument("--lens-meta", type=Path, default=None,
+                      help="meta.txt with a line 'id, src_lens, tgt_lens, disparity' per input image")
+    lens.add_argument("--src-lens", default=None, help="source lens of every input, e.g. Sony50mmf16.0BS")
+    lens.add_argument("--tgt-lens", default=None, help="target lens to render, e.g. Canon50mmf1.4BS")
+    lens.add_argument("--disparity", default=None, help="disparity (blur strength) of every input, e.g. 35")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -114,6 +134,15 @@ def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Pat
     return outputs
 
 
+def plan_jobs(inputs: list[Path], outputs: list[Path], *, stereo: bool) -> list[tuple[tuple[Path, ...], tuple[Path, ...]]]:
+    """(sources, targets) per network pass: one image, or for a stereo model its <id>_L / <id>_R pair."""
+    if not stereo:
+        return [((src,), (dst,)) for src, dst in zip(inputs, outputs)]
+    by_stem = {src.stem: (src, dst) for src, dst in zip(inputs, outputs)}
+    ids = stereo_groups(list(by_stem), {stem: src for stem, (src, _) in by_stem.items()})
+    return [tuple(zip(by_stem[i + "_L"], by_stem[i + "_R"])) for i in ids]
+
+
 def model_folder(args) -> Path:
     """--model as a folder: an official checkpoint file is imported into the cache first."""
     if args.model.is_file():
@@ -143,8 +172,37 @@ def load_model(path: Path, device: torch.device, weights: str = "model"):
     raise UsageError(f"--model {str(path)!r} is a {task!r} run; restore needs an sde or a regressor run")
 
 
-def restore_one(kind: str, model, image, args, device: torch.device):
-    """Restored float32 HWC array of one image."""
+def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
+    """The lens information of each input for a bokeh model (None for other models); every problem
+    (a missing entry, a value out of range, flags for a model that takes none) is a UsageError."""
+    flags = {"--src-lens": args.src_lens, "--tgt-lens": args.tgt_lens, "--disparity": args.disparity}
+    given = [name for name, value in flags.items() if value is not None]
+    bokeh = isinstance(model, RefusionPipeline) and takes_lens_info(model.unet)
+    if not bokeh:
+        if given or args.lens_meta:
+            raise UsageError(f"{', '.join(given or ['--lens-meta'])}: lens information is only for bokeh models "
+                             f"(BokehNAFNet); --model {str(args.model)!r} takes none")
+        return None
+    try:
+        if args.lens_meta is not None:
+            if given:
+                raise UsageError(f"--lens-meta and {', '.join(given)} exclude each other: give the lens "
+                                 f"information in the file or on the command line")
+            table = read_lens_metadata(args.lens_meta)
+            return {src: lens_info_for(table, src.name, source=args.lens_meta, image=str(src)) for src in inputs}
+        if len(given) != len(flags):
+            missing = [name for name in flags if name not in given]
+            raise UsageError(f"--model {str(args.model)!r} is a bokeh model ({type(model.unet).__name__}): it needs "
+                             f"the lens information of every image, --lens-meta FILE or all of --src-lens, "
+                             f"--tgt-lens, --disparity (missing: {', '.join(missing)})")
+        info = lens_info(args.src_lens, args.tgt_lens, args.disparity, where="command line")
+    except LensMetadataError as exc:
+        raise UsageError(str(exc)) from None
+    return {src: info for src in inputs}
+
+
+def restore_one(kind: str, model, image, args, device: torch.device, lens: LensInfo | None = None):
+    """Restored float32 HWC array of one image (``lens``: its lens information, bokeh models)."""
     if kind == "regressor":
         return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc_size,
                        progress=False, half=args.half)
@@ -152,7 +210,7 @@ def restore_one(kind: str, model, image, args, device: torch.device):
     latent = {"auto": None, "on": True, "off": False}[args.latent]
     out = model(image, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta, generator=generator,
                 output_type="np", tile_size=args.tile, tile_overlap=args.overlap, latent=latent,
-                progress=not args.no_progress, half=args.half)
+                progress=not args.no_progress, half=args.half, lens_info=lens)
     return out.images[0]
 
 
@@ -188,20 +246,29 @@ def main(argv: list[str] | None = None) -> int:
         print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
     if isinstance(model, RefusionPipeline):
         model.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
+    try:
+        jobs = plan_jobs(inputs, outputs, stereo=isinstance(model, RefusionPipeline) and is_stereo(model.unet))
+        lenses = lens_plan(args, inputs, model)
+    except (ValueError, UsageError) as exc:
+        print(f"restore: error: {exc}", file=sys.stderr)
+        return 2
     args.output.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[Path, str]] = []
     start = time.perf_counter()
-    bar = tqdm(list(zip(inputs, outputs)), desc="images", unit="img", disable=args.no_progress)
-    for src, dst in bar:
-        bar.set_postfix_str(src.name[-40:])
+    bar = tqdm(jobs, desc="images", unit="img", disable=args.no_progress)
+    for sources, targets in bar:
+        bar.set_postfix_str(sources[0].name[-40:])
         try:
-            image = read_image(src)
-            bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
-            write_image(dst, restore_one(kind, model, image, args, device), bit_depth=bit_depth)
+            # stereo: both views in one pass, left then right on channels; each view written on its own
+            image = np.concatenate([read_image(src) for src in sources], axis=2)
+            restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]])
+            for view, (src, dst) in zip(np.split(restored, len(sources), axis=2), zip(sources, targets)):
+                bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
+                write_image(dst, view, bit_depth=bit_depth)
         except (ImageReadError, ValueError, RuntimeError, MemoryError, OSError, FloatingPointError) as exc:
             # one bad file, one image too large for memory or a NaN/Inf result must not stop the batch
-            failures.append((src, f"{type(exc).__name__}: {exc}"))
-            tqdm.write(f"restore: skipped {src}: {exc}", file=sys.stderr)
+            failures += [(src, f"{type(exc).__name__}: {exc}") for src in sources]
+            tqdm.write(f"restore: skipped {' + '.join(map(str, sources))}: {exc}", file=sys.stderr)
     seconds = time.perf_counter() - start
     done = len(inputs) - len(failures)
     print(f"restore: {done} of {len(inputs)} images restored into {args.output} in {seconds:.1f} s; "

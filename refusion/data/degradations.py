@@ -12,6 +12,13 @@ are on the 0-255 scale as in the papers.
     haze       atmospheric scattering I*t + A*(1-t) with a smooth, spatially varying transmission t
     rain       bright rain streaks blended with a screen blend
     low_light  gamma + exposure scale + sensor noise
+
+Rendering tasks change the clean image on both sides of the pair and describe how (``RENDERINGS``):
+`f(image, rng, **params) -> (lq, gt, metadata)`.
+
+    bokeh      one scene through two lenses (EBB! / NTIRE 2023 style): an in-focus subject over a
+               background blurred by each lens's circle of confusion; metadata = (source lens, target
+               lens, disparity) as the dataset's meta.txt lists them (refusion.data.lens)
 """
 
 from __future__ import annotations
@@ -166,6 +173,66 @@ def low_light(image: np.ndarray, rng: np.random.Generator, *, gamma: Param = (1.
     return _finish(dark + _draw(rng, noise_sigma, "noise_sigma") / 255.0 * rng.standard_normal(image.shape))
 
 
+# lenses of the NTIRE 2023 Bokeh Effect Transformation data (names as its meta.txt writes them)
+BOKEH_LENSES = ("Sony50mmf16.0BS", "Sony50mmf1.8BS", "Canon50mmf1.8BS", "Canon50mmf1.4BS")
+# blur radius of the background in pixels per unit of disparity / f-number at a 256-pixel short side
+BOKEH_RADIUS_SCALE = 0.3
+
+
+def _lens_kernel(radius: float, maker: str) -> np.ndarray:
+    """The circle of confusion of a lens: a uniform disk (Sony) or a disk brighter at its rim (Canon)."""
+    size = int(math.ceil(radius))
+    yy, xx = np.mgrid[-size:size + 1, -size:size + 1].astype(np.float64)
+    rr = np.hypot(yy, xx)
+    disk = np.clip(radius + 0.5 - rr, 0.0, 1.0)          # antialiased edge
+    if maker.lower() == "canon":
+        disk *= 0.6 + 0.4 * (rr / max(radius, 1e-6)) ** 2
+    return disk / disk.sum()
+
+
+def _subject_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A soft-edged ellipse: the in-focus subject (1) in front of the background (0)."""
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    ry, rx = rng.uniform(0.2, 0.4) * height, rng.uniform(0.2, 0.4) * width
+    yy, xx = np.mgrid[0:height, 0:width]
+    distance = np.hypot((yy - cy) / ry, (xx - cx) / rx)
+    return np.clip((1.1 - distance) / 0.2, 0.0, 1.0)
+
+
+def render_lens(image: np.ndarray, subject: np.ndarray, lens: str, disparity: float) -> np.ndarray:
+    """``image`` seen through ``lens`` (a name of the ``<Maker>50mmf<N>`` form): the subject stays sharp,
+    the background is blurred by a kernel of radius BOKEH_RADIUS_SCALE * disparity / N (at a 256-pixel
+    short side); the background is blurred on its own (normalised by the blurred coverage) so the
+    subject does not bleed into it."""
+    from refusion.data.lens import LENS_SCALE, lens_value
+
+    image = _check_image(image)
+    f_number = abs(lens_value(lens)) / LENS_SCALE
+    radius = BOKEH_RADIUS_SCALE * disparity / f_number * min(image.shape[:2]) / 256
+    if radius < 0.5:
+        return _finish(image)
+    kernel = _lens_kernel(radius, lens[:5])
+    background = (1.0 - subject)[:, :, None]
+    blur = lambda a: np.stack([ndimage.convolve(a[:, :, c], kernel, mode="reflect")  # noqa: E731
+                               for c in range(a.shape[2])], axis=2)
+    blurred = blur(image * background) / np.maximum(blur(background), 1e-6)
+    alpha = subject[:, :, None]
+    return _finish(alpha * image + (1.0 - alpha) * blurred)
+
+
+def bokeh(image: np.ndarray, rng: np.random.Generator, *, disparity: Param = (10.0, 60.0),
+          lenses: tuple = BOKEH_LENSES) -> tuple[np.ndarray, np.ndarray, tuple[str, str, float]]:
+    """The scene through a source lens (LQ) and a different target lens (GT), two of ``lenses``, at one
+    ``disparity`` (rounded to an integer, as the NTIRE data lists it). Returns (lq, gt, (src, tgt, disparity))."""
+    image = _check_image(image).astype(np.float64)
+    if len(lenses) < 2:
+        raise ValueError(f"parameter lenses={lenses!r}: expected at least two lens names")
+    src, tgt = (lenses[int(i)] for i in rng.choice(len(lenses), size=2, replace=False))
+    level = float(round(_draw(rng, disparity, "disparity")))
+    subject = _subject_mask(rng, *image.shape[:2])
+    return render_lens(image, subject, src, level), render_lens(image, subject, tgt, level), (src, tgt, level)
+
+
 DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
     "shadow": shadow,
     "noise": noise,
@@ -174,6 +241,12 @@ DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
     "rain": rain,
     "lowlight": low_light,
 }
+
+
+RENDERINGS: dict[str, Callable[..., tuple]] = {
+    "bokeh": bokeh,
+}
+TASKS = (*DEGRADATIONS, *RENDERINGS)   # what tools/make_dataset.py --task takes
 
 
 def degrade(task: str, image: np.ndarray, rng: np.random.Generator, **params) -> np.ndarray:

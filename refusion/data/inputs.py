@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["InputKind", "to_batch", "from_batch", "tensor_to_pil", "tensor_to_numpy"]
+__all__ = ["InputKind", "to_batch", "from_batch", "tensor_to_pil", "tensor_to_numpy", "split_views", "join_views"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,17 @@ def from_batch(x: torch.Tensor, kind: InputKind) -> Any:
     if kind.kind == "pil_list":
         return tensor_to_pil(x)
     raise ValueError(f"unknown input kind {kind.kind!r}")
+
+
+def split_views(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2C, H, W) stereo pairs (left channels first) -> (2B, C, H, W): all left views, then all right."""
+    if x.dim() != 4 or x.shape[1] % 2:
+        raise ValueError(f"stereo pairs must be (B, 2C, H, W) with the views on channels, got {tuple(x.shape)}")
+    return torch.cat(x.chunk(2, dim=1), dim=0)
+
+
+def join_views(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Left and right views (B, C, H, W) -> (B, 2C, H, W), the layout StereoNAFNet takes."""
+    if left.shape != right.shape:
+        raise ValueError(f"the stereo views differ in shape: left {tuple(left.shape)}, right {tuple(right.shape)}")
+    return torch.cat([left, right], dim=1)

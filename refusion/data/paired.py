@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from refusion.data.image_io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, read_image_raw
+from refusion.data.lens import lens_info_for, read_lens_metadata
 
-__all__ = ["PairedImageDataset", "find_pairs", "load_condition_vectors"]
+__all__ = ["PairedImageDataset", "find_pairs", "find_stereo_pairs", "stereo_groups", "load_condition_vectors"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +84,43 @@ def find_pairs(gt_dir: str | os.PathLike, lq_dir: str | os.PathLike) -> list[tup
                          + "\n  ".join(problems))
     return [(name, gt[name], lq[name]) for name in sorted(gt)]
 
+
+
+# Flickr1024 / NTIRE stereo naming: <id>_L.<ext> and <id>_R.<ext>
+STEREO_SUFFIXES = ("_L", "_R")
+
+
+def stereo_groups(names: Sequence[str], paths: dict[str, Path] | None = None) -> list[str]:
+    """The pair ids of ``<id>_L`` / ``<id>_R`` names, sorted; a view without its partner (or a name
+    that is no view) is one ValueError listing them."""
+    ids: dict[str, set[str]] = {}
+    strays = []
+    for name in names:
+        suffix = name[-2:]
+        if suffix in STEREO_SUFFIXES and len(name) > 2:
+            ids.setdefault(name[:-2], set()).add(suffix)
+        else:
+            strays.append(name)
+    lonely = sorted(f"{i}{next(iter(s))}" for i, s in ids.items() if len(s) == 1)
+    problems = []
+    if lonely:
+        shown = [str(paths[n]) if paths else n for n in lonely]
+        problems.append(f"{len(lonely)} view(s) without their partner view: {_few(shown)} "
+                        f"(each <id>_L needs an <id>_R and the other way round)")
+    if strays:
+        shown = [str(paths[n]) if paths else n for n in strays]
+        problems.append(f"{len(strays)} image(s) not named as a stereo view (<id>_L / <id>_R): {_few(shown)}")
+    if problems:
+        raise ValueError("stereo pairs: " + "; ".join(problems))
+    return sorted(i for i, s in ids.items() if len(s) == 2)
+
+
+def find_stereo_pairs(gt_dir: str | os.PathLike, lq_dir: str | os.PathLike
+                      ) -> list[tuple[str, tuple[Path, Path], tuple[Path, Path]]]:
+    """GT/LQ stereo pairs: ``(id, (gt_L, gt_R), (lq_L, lq_R))``, matched by file stem as find_pairs."""
+    pairs = {name: (gt, lq) for name, gt, lq in find_pairs(gt_dir, lq_dir)}
+    ids = stereo_groups(list(pairs), {n: g for n, (g, _) in pairs.items()})
+    return [(i, (pairs[i + "_L"][0], pairs[i + "_R"][0]), (pairs[i + "_L"][1], pairs[i + "_R"][1])) for i in ids]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,6 +191,9 @@ class PairedImageDataset(torch.utils.data.Dataset):
     a folder of second-view images (stereo; LQ-sized, cropped and augmented with the LQ) or a
     JSON/CSV file of per-image vectors (bokeh lens metadata), delivered as a (D, h, w) map that
     repeats the vector over the LQ crop, so that every network takes `cond` as extra channels.
+    `lens` (bokeh, the official formulation): a ``meta.txt`` of lens information (refusion.data.lens);
+    items then carry `"lens_info"`, the float32 (3,) [src_lens, tgt_lens, disparity] of the pair,
+    which crops and flips leave as it is.
 
     Training: `gt_size` random aligned crops (LQ crop `gt_size // scale` at the same place),
     `use_flip` (horizontal and vertical, each with p = 0.5) and `use_rot` (rotation by k * 90
@@ -177,6 +218,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         cache: bool = True,
         seed: int | None = None,
         max_pixels: int | None = MAX_IMAGE_PIXELS,
+        stereo: bool = False,
+        lens: str | os.PathLike | None = None,
     ):
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"PairedImageDataset: scale={scale!r}, expected an integer >= 1")
@@ -187,12 +230,24 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self.gt_size, self.scale = gt_size, scale
         self.use_flip, self.use_rot = bool(use_flip), bool(use_rot)
         self.seed, self.epoch, self.max_pixels = seed, 0, max_pixels
-        self.pairs = find_pairs(gt, lq)[:max_images]
+        if stereo and use_rot:
+            raise ValueError("PairedImageDataset: use_rot with stereo=True would turn the horizontal disparity "
+                             "between the views vertical; use flips only")
+        if stereo and cond is not None:
+            raise ValueError("PairedImageDataset: stereo=True carries the partner view itself; cond must be None")
+        self.stereo = bool(stereo)
+        self.pairs = (find_stereo_pairs(gt, lq) if stereo else find_pairs(gt, lq))[:max_images]
         self.cond_images: dict[str, Path] | None = None
         self.cond_vectors: dict[str, np.ndarray] | None = None
         self.cond_channels = 0
         if cond is not None:
             self._setup_cond(Path(cond))
+        # bokeh: the [src_lens, tgt_lens, disparity] of each pair (refusion.data.lens), checked here, once
+        self.lens_info = None
+        if lens is not None:
+            table = read_lens_metadata(lens)
+            self.lens_info = [torch.tensor(lens_info_for(table, name, source=lens, image=str(lq_path)), dtype=torch.float32)
+                              for name, _, lq_path in self.pairs]
         self._cache = [self._load(i) for i in range(len(self.pairs))] if cache else None
 
     def _setup_cond(self, cond: Path) -> None:
@@ -217,23 +272,42 @@ class PairedImageDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if self.stereo:
+            return self._load_stereo(index)
         name, gt_path, lq_path = self.pairs[index]
         gt = read_image_raw(gt_path, max_pixels=self.max_pixels)
         lq = read_image_raw(lq_path, max_pixels=self.max_pixels)
-        (gh, gw), (lh, lw) = gt.shape[:2], lq.shape[:2]
-        if (gh, gw) != (lh * self.scale, lw * self.scale):
-            expected = f"GT = {self.scale} x LQ" if self.scale > 1 else "equal sizes"
-            raise ValueError(f"size mismatch ({expected}): GT '{gt_path}' is {gw}x{gh}, LQ '{lq_path}' is {lw}x{lh}")
-        if self.gt_size is not None and min(gh, gw) < self.gt_size:
-            raise ValueError(f"GT '{gt_path}' is {gw}x{gh}, smaller than gt_size={self.gt_size}")
+        self._check_sizes(gt, lq, gt_path, lq_path)
         cond = None
         if self.cond_images is not None:
             cond_path = self.cond_images[name]
             cond = read_image_raw(cond_path, max_pixels=self.max_pixels)
             if cond.shape[:2] != lq.shape[:2]:
                 raise ValueError(f"size mismatch: conditioning image '{cond_path}' is {cond.shape[1]}x{cond.shape[0]}, "
-                                 f"LQ '{lq_path}' is {lw}x{lh}")
+                                 f"LQ '{lq_path}' is {lq.shape[1]}x{lq.shape[0]}")
         return gt, lq, cond
+
+    def _load_stereo(self, index: int) -> tuple[np.ndarray, np.ndarray, None]:
+        """Both views, left then right on the channel axis: every crop and flip then cuts both alike."""
+        _, gt_paths, lq_paths = self.pairs[index]
+        gts = [read_image_raw(p, max_pixels=self.max_pixels) for p in gt_paths]
+        lqs = [read_image_raw(p, max_pixels=self.max_pixels) for p in lq_paths]
+        for gt, lq, gt_path, lq_path in zip(gts, lqs, gt_paths, lq_paths):
+            self._check_sizes(gt, lq, gt_path, lq_path)
+        for views, paths in ((gts, gt_paths), (lqs, lq_paths)):
+            if views[0].shape != views[1].shape or views[0].dtype != views[1].dtype:
+                raise ValueError(f"stereo views differ: '{paths[0]}' is {views[0].shape[1]}x{views[0].shape[0]} "
+                                 f"({views[0].dtype}), '{paths[1]}' is {views[1].shape[1]}x{views[1].shape[0]} "
+                                 f"({views[1].dtype})")
+        return np.concatenate(gts, axis=2), np.concatenate(lqs, axis=2), None
+
+    def _check_sizes(self, gt: np.ndarray, lq: np.ndarray, gt_path: Path, lq_path: Path) -> None:
+        (gh, gw), (lh, lw) = gt.shape[:2], lq.shape[:2]
+        if (gh, gw) != (lh * self.scale, lw * self.scale):
+            expected = f"GT = {self.scale} x LQ" if self.scale > 1 else "equal sizes"
+            raise ValueError(f"size mismatch ({expected}): GT '{gt_path}' is {gw}x{gh}, LQ '{lq_path}' is {lw}x{lh}")
+        if self.gt_size is not None and min(gh, gw) < self.gt_size:
+            raise ValueError(f"GT '{gt_path}' is {gw}x{gh}, smaller than gt_size={self.gt_size}")
 
     def _draws(self, index: int, lq_height: int, lq_width: int, lq_size: int) -> tuple[int, int, bool, bool, int]:
         """(top, left, hflip, vflip, quarter turns) of one item."""
@@ -255,21 +329,27 @@ class PairedImageDataset(torch.utils.data.Dataset):
             gt = gt[top * s:(top + lq_size) * s, left * s:(left + lq_size) * s]
             lq = lq[top:top + lq_size, left:left + lq_size]
             cond = None if cond is None else cond[top:top + lq_size, left:left + lq_size]
-            gt, lq, cond = (_augment(a, hflip, vflip, turns) for a in (gt, lq, cond))
+            gt, lq, cond = (_augment(a, hflip, vflip, turns, stereo=self.stereo) for a in (gt, lq, cond))
         item: dict[str, Any] = {"gt": _chw(gt), "lq": _chw(lq), "name": self.pairs[index][0]}
         if cond is not None:
             item["cond"] = _chw(cond)
         elif self.cond_vectors is not None:
             vector = torch.from_numpy(self.cond_vectors[item["name"]])
             item["cond"] = vector[:, None, None].expand(-1, lq.shape[0], lq.shape[1]).contiguous()
+        if self.lens_info is not None:
+            item["lens_info"] = self.lens_info[index].clone()
         return item
 
 
-def _augment(array: np.ndarray | None, hflip: bool, vflip: bool, turns: int) -> np.ndarray | None:
+def _augment(array: np.ndarray | None, hflip: bool, vflip: bool, turns: int, *, stereo: bool = False
+             ) -> np.ndarray | None:
     if array is None:
         return None
     if hflip:
         array = array[:, ::-1]
+        if stereo:   # a mirrored stereo pair: the mirrored left view is the right one and vice versa
+            half = array.shape[2] // 2
+            array = np.concatenate([array[..., half:], array[..., :half]], axis=2)
     if vflip:
         array = array[::-1]
     return np.rot90(array, turns) if turns else array

@@ -4,12 +4,16 @@
 matplotlib), degrades each crop with `refusion.data.degradations`, and writes
 
     out/{train,val,test}/{gt,lq}/<photo>_<k>.png     8-bit PNG pairs
+    out/{train,val,test}/meta.txt                    rendering tasks (bokeh): the lens information
     out/manifest.json                                seed, task, parameters, files and sha256
 
 Splits are made by source photograph, so no test or validation photo is ever seen in training.
 Every random draw comes from a generator keyed by (seed, photo, crop) for the crop and by
 (seed, task, photo, crop) for the degradation: the same seed gives a byte-identical dataset, and
-the GT crops are the same for every task.
+the GT crops are the same for every degradation task. A rendering task (``degradations.RENDERINGS``,
+bokeh) renders both sides from the crop (source lens -> lq, target lens -> gt) and lists each pair's
+lens information in the split's ``meta.txt`` (``<photo>_<k>, src_lens, tgt_lens, disparity``, the
+format refusion.data.lens reads).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from PIL import Image
 from refusion.data import degradations
 from refusion.checksums import sha256_file
 from refusion.data.image_io import write_image
+from refusion.data.lens import format_lens_line
 
 MANIFEST_VERSION = 1
 
@@ -126,11 +131,16 @@ def _split_counts(photos: list[str], total: int | None, per_image: int | None) -
 
 
 
+def _task_function(task: str) -> Callable:
+    functions = {**degradations.DEGRADATIONS, **degradations.RENDERINGS}
+    if task not in functions:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(functions)}")
+    return functions[task]
+
+
 def default_parameters(task: str) -> dict:
     """The degradation's parameters (keyword defaults of its function) as JSON-friendly values."""
-    if task not in degradations.DEGRADATIONS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(degradations.DEGRADATIONS)}")
-    signature = inspect.signature(degradations.DEGRADATIONS[task])
+    signature = inspect.signature(_task_function(task))
     return {name: list(p.default) if isinstance(p.default, tuple) else p.default
             for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
@@ -154,8 +164,7 @@ def build_dataset(
     `crops_per_image` is given, which takes that many crops from every photograph. The folder is
     written next to `out` and renamed at the end, so `out` is complete or absent.
     """
-    if task not in degradations.DEGRADATIONS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(degradations.DEGRADATIONS)}")
+    function = _task_function(task)
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size={size!r}: expected an integer >= 16")
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test), ("crops_per_image", crops_per_image)):
@@ -174,17 +183,18 @@ def build_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
     try:
-        files = _write_pairs(staging, task, seed, size, jobs, progress)
+        files, metadata = _write_pairs(staging, task, seed, size, jobs, progress)
         manifest = {
             "format_version": MANIFEST_VERSION,
             "task": task,
             "seed": seed,
             "size": size,
-            "degradation": {"function": f"refusion.data.degradations.{degradations.DEGRADATIONS[task].__name__}",
+            "degradation": {"function": f"refusion.data.degradations.{function.__name__}",
                             "parameters": default_parameters(task)},
             "sources": {name: {"split": split, "origin": origin} for name, (split, origin, _) in SOURCES.items()},
             "counts": {split: sum(1 for f in files if f["split"] == split) for split in SPLITS},
             "files": files,
+            "metadata": metadata,
             "versions": _versions(),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -197,21 +207,33 @@ def build_dataset(
     return manifest
 
 
-def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progress) -> list[dict]:
+def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progress) -> tuple[list[dict], dict]:
+    """The image pairs, and for a rendering task each split's meta.txt ({split: {path, sha256}})."""
     photos: dict[str, np.ndarray] = {}
     files = []
+    lines: dict[str, list[str]] = {}
     for split, photo, k in (progress(jobs) if progress else jobs):
         if photo not in photos:
             photos[photo] = load_source(photo)
         gt = random_crop(photos[photo], size, _rng(seed, "crop", photo, k))
-        lq = degradations.degrade(task, gt, _rng(seed, "degrade", task, photo, k))
+        rng = _rng(seed, "degrade", task, photo, k)
+        if task in degradations.RENDERINGS:
+            lq, gt, lens = degradations.RENDERINGS[task](gt, rng)
+            lines.setdefault(split, []).append(format_lens_line(f"{photo}_{k:03d}", *lens))
+        else:
+            lq = degradations.degrade(task, gt, rng)
         name = f"{photo}_{k:03d}.png"
         gt_path = write_image(root / split / "gt" / name, gt)
         lq_path = write_image(root / split / "lq" / name, lq)
         files.append({"split": split, "name": name, "source": photo,
                       "gt": f"{split}/gt/{name}", "lq": f"{split}/lq/{name}",
                       "gt_sha256": sha256_file(gt_path), "lq_sha256": sha256_file(lq_path)})
-    return files
+    metadata = {}
+    for split, split_lines in lines.items():
+        path = root / split / "meta.txt"
+        path.write_text("".join(f"{line}\n" for line in split_lines), encoding="utf-8")
+        metadata[split] = {"path": f"{split}/meta.txt", "sha256": sha256_file(path)}
+    return files, metadata
 
 
 def _versions() -> dict[str, str]:
@@ -234,4 +256,8 @@ def verify_dataset(root: str | Path) -> list[str]:
             path = root / entry[role]
             if not path.is_file() or sha256_file(path) != entry[f"{role}_sha256"]:
                 bad.append(entry[role])
+    for entry in manifest.get("metadata", {}).values():
+        path = root / entry["path"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            bad.append(entry["path"])
     return bad

@@ -17,6 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from refusion.evaluation import metrics
+from refusion.data.lens import lens_info_for, read_lens_metadata
 from refusion.data.paired import find_pairs
 from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
@@ -106,13 +107,21 @@ class _Restorer:
         else:
             self.network = load_regressor(self.method.run_dir).to(self.device).eval()
 
-    def __call__(self, lq: torch.Tensor, seed: int) -> torch.Tensor:
+    @property
+    def takes_lens_info(self) -> bool:
+        from refusion.inference.pipeline import takes_lens_info
+
+        return takes_lens_info(self.network)
+
+    def __call__(self, lq: torch.Tensor, seed: int, lens=None) -> torch.Tensor:
+        """``lens``: the image's lens information, used by bokeh networks only."""
         from refusion.inference.restoration import restore
 
         if self.method.kind == "sde":
             generator = torch.Generator(device=self.device).manual_seed(seed)
             return self.pipe(lq, num_inference_steps=self.method.steps, sampler=self.method.sampler,
-                             generator=generator, output_type="pt", progress=False).images
+                             generator=generator, output_type="pt", progress=False,
+                             lens_info=lens if self.takes_lens_info else None).images
         return restore(lq, model=self.network, progress=False)
 
 
@@ -131,14 +140,23 @@ def evaluate_runs(
     lpips_net: str = "alex",
     grid_images: int = 3,
     progress: bool = True,
+    lens: str | Path | None = None,
 ) -> dict:
-    """Evaluate every method on the same pairs; write tables, plots, grid and restored images."""
+    """Evaluate every method on the same pairs; write tables, plots, grid and restored images.
+
+    ``lens``: the test set's lens metadata (a meta.txt, refusion.data.lens), needed when a run is a bokeh
+    model; every test image must have an entry (checked before any restoration).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers))
     pairs = find_pairs(test_gt, test_lq)[: max_images or None]
     if not pairs:
         raise ValueError(f"no test pairs in {test_gt} / {test_lq}")
+    lenses = None
+    if lens is not None:
+        table = read_lens_metadata(lens)
+        lenses = {name: lens_info_for(table, name, source=lens, image=str(lq)) for name, _, lq in pairs}
     gts = {name: read_image(gt) for name, gt, _ in pairs}
     lqs = {name: read_image(lq) for name, _, lq in pairs}
 
@@ -151,6 +169,10 @@ def evaluate_runs(
     rows, restored = [], {}
     for method in methods:
         restorer = _Restorer(method, device)
+        if restorer.takes_lens_info and lenses is None:
+            raise ValueError(f"{method.run_dir} is a bokeh model ({type(restorer.network).__name__}): pass the test "
+                             f"set's lens metadata (lens=PATH, --lens-meta PATH: lines 'id, src_lens, tgt_lens, "
+                             f"disparity')")
         counter = _CallCounter(restorer.network)
         scores = {"psnr": [], "ssim": [], "lpips": []}
         seconds = 0.0
@@ -158,7 +180,7 @@ def evaluate_runs(
         for index, (name, _, _) in enumerate(bar):
             lq = torch.from_numpy(lqs[name]).permute(2, 0, 1)[None].to(device)
             start = time.perf_counter()
-            out = restorer(lq, seed + index)
+            out = restorer(lq, seed + index, lenses and lenses[name])
             seconds += time.perf_counter() - start
             img = out[0].permute(1, 2, 0).float().cpu().numpy()
             restored[(method.label, name)] = img

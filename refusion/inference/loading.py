@@ -19,7 +19,7 @@ from refusion.checksums import verify_weights_dir
 
 __all__ = ["REGRESSOR_NAMES", "WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weights_dir",
            "load_regressor", "spatial_multiple", "network_channels", "run_train_patch", "INFERENCE_FILE",
-           "read_inference_defaults", "default_tlc"]
+           "read_inference_defaults", "default_tlc", "is_stereo", "STEREO_NETWORKS"]
 
 # networks that map an image to its restoration in one pass (refusion.restore)
 REGRESSOR_NAMES = ("NAFNet", "Baseline", "HINet", "NAFFTNet")
@@ -141,12 +141,20 @@ def spatial_multiple(net) -> int:
     return 8
 
 
+# networks whose input holds two views stacked on channels (left first)
+STEREO_NETWORKS = ("StereoNAFNet",)
+
+
+def is_stereo(net) -> bool:
+    return type(net).__name__ in STEREO_NETWORKS
+
+
 def network_channels(net) -> int | None:
-    """Image channels a network takes (None when it does not say)."""
+    """Image channels a network takes (None when it does not say); both views for stereo networks."""
     config = _config(net)
     for key in ("img_channel", "in_nc", "in_chn", "in_ch"):
         if key in config:
-            return int(config[key])
+            return int(config[key]) * (2 if is_stereo(net) else 1)
     return None
 
 

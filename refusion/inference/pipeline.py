@@ -34,6 +34,7 @@ from diffusers.utils import BaseOutput
 
 from refusion.checksums import verify_weights_dir, write_weights_manifest
 from refusion.data.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
+from refusion.data.lens import lens_arguments, lens_batch
 from refusion.inference.loading import REGRESSOR_NAMES, load_network, network_channels, own_memory, read_run_task, spatial_multiple, weights_dir
 from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
@@ -70,6 +71,28 @@ def _is_unconditional(noise_fn) -> bool:
     return type(noise_fn).__name__ in UNCONDITIONAL_NETWORKS
 
 
+# noise networks that embed the lens information (codes/config/latent-bokeh): net(x_t, mu, t, lens_info=[...])
+LENS_NETWORKS = ("BokehNAFNet",)
+
+
+def takes_lens_info(net) -> bool:
+    return type(net).__name__ in LENS_NETWORKS
+
+
+def _lens_arguments(noise_fn, lens_info, batch: int, device: torch.device) -> list | None:
+    """The network's ``lens_info=`` list of (B,) tensors, checked against what the network takes."""
+    if lens_info is None:
+        if takes_lens_info(noise_fn):
+            raise ValueError(f"{type(noise_fn).__name__} embeds the lens information of every image: pass "
+                             f"lens_info=[src_lens, tgt_lens, disparity] (a (B, 3) tensor or three values; "
+                             f"refusion.data.lens.lens_info encodes lens names such as 'Sony50mmf1.8BS')")
+        return None
+    if isinstance(noise_fn, torch.nn.Module) and not takes_lens_info(noise_fn):
+        raise ValueError(f"lens_info was given but the noise network is a {type(noise_fn).__name__}, which takes "
+                         f"no lens information (only {', '.join(LENS_NETWORKS)} does)")
+    return lens_arguments(lens_batch(lens_info, batch).to(device))
+
+
 def _check_generator(generator: Generator, batch: int) -> None:
     if isinstance(generator, (list, tuple)) and len(generator) != batch:
         raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {batch} "
@@ -89,10 +112,12 @@ def sde_sample(
     cond: torch.Tensor | None = None,
     progress: Callable[[Sequence[int]], Any] = lambda steps: steps,
     half: bool = False,
+    lens_info: Any = None,
 ) -> torch.Tensor:
     """Run the reverse SDE from x_T = mu + lambda*z; returns x_0 (not clamped).
 
-    ``noise_fn(x_t, mu, t)`` (plus ``cond=`` when given) predicts the noise, ``t`` a (B,) int64
+    ``noise_fn(x_t, mu, t)`` (plus ``cond=`` when given; ``lens_info=`` for the bokeh network, the
+    (B,) columns of ``lens_info``, see refusion.data.lens.lens_batch) predicts the noise, ``t`` a (B,) int64
     tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
     the network runs tile-wise on the full-size state; the noise is drawn at full size.
 
@@ -109,6 +134,7 @@ def sde_sample(
     """
     batch = mu.shape[0]
     _check_generator(generator, batch)
+    lens = _lens_arguments(noise_fn, lens_info, batch, mu.device)   # per image: the same for every tile
     scheduler.set_timesteps(num_inference_steps)          # timesteps stay on the host: Python ints below
     steps = [int(t) for t in scheduler.timesteps]
     x = scheduler.initial_sample(mu, generator=generator)
@@ -123,6 +149,8 @@ def sde_sample(
         def predict(x_t, mu_t, cond_t=None):
             if unconditional:        # the DenoisingSDE's networks see only the state
                 return to_float32(net(x_t, t_batch))
+            if lens is not None:
+                return to_float32(net(x_t, mu_t, t_batch, lens_info=lens))
             out = net(x_t, mu_t, t_batch) if cond_t is None else net(x_t, mu_t, t_batch, cond=cond_t)
             return to_float32(out)
 
@@ -209,6 +237,7 @@ class RefusionPipeline(DiffusionPipeline):
         progress: bool = True,
         half: bool = False,
         return_dict: bool = True,
+        lens_info: Any = None,
     ):
         """Restore ``image`` (tensor (B,C,H,W)/(C,H,W) in [0,1], numpy HWC, PIL image or list of them).
 
@@ -217,21 +246,23 @@ class RefusionPipeline(DiffusionPipeline):
         image (image i then does not depend on the rest of the batch). ``tile_size``: run the
         network on overlapping tiles (shared full-size noise). ``latent``: None = automatic (the
         autoencoder path when the network needs latents or the image exceeds LATENT_AUTO_PIXELS),
-        True/False force it. Inputs with NaN/Inf are refused; values outside [0, 1] are clamped
-        with a warning. The output is clamped to [0, 1].
+        True/False force it. ``lens_info`` (bokeh networks only, and required by them): the encoded
+        [src_lens, tgt_lens, disparity] of each image, a (B, 3) tensor or three scalars / (B,) values
+        (refusion.data.lens.lens_info encodes lens names). Inputs with NaN/Inf are refused; values outside
+        [0, 1] are clamped with a warning. The output is clamped to [0, 1].
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         tune_malloc_for(self.device)
         with torch.inference_mode():
             restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
-                                     latent, cond, progress, half)
+                                     latent, cond, progress, half, lens_info=lens_info)
         # clamp and copy outside inference mode: callers get an ordinary tensor they may edit in place
         images = _format_output(restored.clamp(0.0, 1.0), output_type)
         return RefusionPipelineOutput(images=images) if return_dict else (images,)
 
     def _restore(self, image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap, latent, cond,
-                 progress, half) -> torch.Tensor:
+                 progress, half, *, lens_info=None) -> torch.Tensor:
         lq, _ = to_batch(image)
         device = self.device
         lq = upscale_lq(lq.to(device), self.config.get("lq_upscale", 1))
@@ -260,10 +291,12 @@ class RefusionPipeline(DiffusionPipeline):
                                  f"got an image with {channels} channels")
             return sde_sample(self.unet, scheduler, lq, num_inference_steps=steps, generator=generator,
                               tile_size=tile_size, tile_overlap=tile_overlap, multiple=spatial_multiple(self.unet),
-                              cond=cond, progress=bar, half=half)
-        return self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half)
+                              cond=cond, progress=bar, half=half, lens_info=lens_info)
+        return self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half,
+                                   lens_info=lens_info)
 
-    def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half):
+    def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half, *,
+                       lens_info=None):
         """Encode LQ (tiled), run the SDE on latents, decode with the LQ image's skips (tiled).
 
         ``tile_size``/``tile_overlap`` are in image pixels: the autoencoder runs on tiles of
@@ -296,7 +329,7 @@ class RefusionPipeline(DiffusionPipeline):
             latent_overlap = min(max(tile_overlap // factor, 4), latent_tile - 1)
         latent_x0 = sde_sample(self.unet, scheduler, mu, num_inference_steps=steps, generator=generator,
                                tile_size=latent_tile, tile_overlap=latent_overlap or 0, multiple=multiple,
-                               cond=cond, progress=bar, half=half)
+                               cond=cond, progress=bar, half=half, lens_info=lens_info)
         if ae_tile:
             out = run("decode_from_lq", latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
         else:
@@ -398,11 +431,13 @@ def sample(
     latent: bool | None = None,
     cond: torch.Tensor | None = None,
     half: bool = False,
+    lens_info: Any = None,
 ) -> Any:
     """Restore ``lq`` with the reverse IR-SDE; returns the same kind as ``lq`` (tensor/numpy/PIL).
 
     ``model``: a run directory or saved pipeline directory (str/Path), a RefusionPipeline, or any
     noise network ``net(x_t, mu, t)`` (then ``scheduler`` or a default IRSDEScheduler()).
+    ``lens_info``: the bokeh network's lens information (see RefusionPipeline.__call__).
     """
     if model is None:
         raise ValueError(_NO_MODEL_SDE)
@@ -419,7 +454,7 @@ def sample(
             model = model.to(device)
         out = model(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator,
                     output_type="pt", tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
-                    cond=cond, progress=progress, half=half).images
+                    cond=cond, progress=progress, half=half, lens_info=lens_info).images
         return from_batch(out, kind)
     if not callable(model):
         raise TypeError(f"model must be a path, a RefusionPipeline or a callable net(x_t, mu, t), "
@@ -428,7 +463,7 @@ def sample(
         raise ValueError("latent=True needs a RefusionPipeline with an autoencoder, not a bare noise network")
     base = scheduler if scheduler is not None else IRSDEScheduler()
     overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
-    sched = IRSDEScheduler.from_config(base.config, **overrides)
+    sched = type(base).from_config(base.config, **overrides)
     if device is None:
         params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
         device = params[0].device if params else x.device
@@ -439,7 +474,8 @@ def sample(
     with torch.inference_mode():
         out = sde_sample(model, sched, x, num_inference_steps=steps, generator=generator, tile_size=tile_size,
                          tile_overlap=tile_overlap, multiple=spatial_multiple(model),
-                         cond=None if cond is None else cond.to(device), progress=bar, half=half)
+                         cond=None if cond is None else cond.to(device), progress=bar, half=half,
+                         lens_info=lens_info)
     return from_batch(out.clamp(0.0, 1.0), kind)
 
 

@@ -71,16 +71,25 @@ def write_model_card(folder: Path, result, opts) -> None:
             lines.append("- the official test does: " + "; ".join(opts.inference.steps))
         lines.append("")
     lines += ["## Restore an image", "", "```bash"]
+    # the bokeh network needs each image's lens information (refusion.data.lens)
+    lens = result.network == "BokehNAFNet"
+    lens_flag = " --lens-meta photos/meta.txt" if lens else ""
     if result.kind == "pipeline":
         steps = (result.sde or {}).get("sample_T") or (result.sde or {}).get("T", 100)
         official = (result.sde or {}).get("official_sampler") or "posterior"
-        lines += [f"refusion restore photos/ -o restored/ --model {result.path}            # fast default sampler",
-                  f"refusion restore photos/ -o restored/ --model {result.path} --sampler {official} --steps {steps}"
-                  f"   # as the official test"]
+        lines += [f"refusion restore photos/ -o restored/ --model {result.path}{lens_flag}            # fast default sampler",
+                  f"refusion restore photos/ -o restored/ --model {result.path}{lens_flag} --sampler {official} "
+                  f"--steps {steps}   # as the official test"]
     else:
         lines.append(f"refusion restore photos/ -o restored/ --model {result.path}")
-    lines += ["```", "", "```python", "import refusion",
-              (f"restored = refusion.sample(lq, model={str(result.path)!r})" if result.kind == "pipeline"
-               else f"restored = refusion.restore(lq, model={str(result.path)!r})"), "```", ""]
+    lines += ["```", "", "```python", "import refusion"]
+    if lens:
+        lines += ["from refusion.data.lens import lens_info",
+                  f"restored = refusion.sample(lq, model={str(result.path)!r}, "
+                  f"lens_info=lens_info('Sony50mmf16.0BS', 'Sony50mmf1.8BS', 35))"]
+    else:
+        lines.append(f"restored = refusion.sample(lq, model={str(result.path)!r})" if result.kind == "pipeline"
+                     else f"restored = refusion.restore(lq, model={str(result.path)!r})")
+    lines += ["```", ""]
     lines += ["## Licence", "", _licence(result, opts), ""]
     (folder / "README.md").write_text("\n".join(lines))

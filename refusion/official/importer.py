@@ -41,11 +41,6 @@ from refusion.official.options import OptionsError, check_against, read_options
 SDE_KEYS = {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
 
 
-# official networks whose inputs the pipeline cannot feed yet: refused instead of a folder that cannot restore
-PIPELINE_LESS = {"BokehNAFNet": "latent-bokeh: lens information per image",
-                 "StereoNAFNet": "stereo-sr: left/right view pairs"}
-
-
 class ImportRefusal(ValueError):
     """The checkpoint / options cannot be imported; nothing was written. The message says why."""
 
@@ -142,11 +137,6 @@ def import_official(out: str | os.PathLike, *, weights: str | os.PathLike, optio
     result = ImportedModel(path=out, kind="regressor" if found.purpose == "regressor" else "pipeline",
                            network=found.name, kwargs=kwargs, num_parameters=sum(p.numel() for p in net.parameters()),
                            detected=dict(found.kwargs), given=given, defaulted=defaulted, sources=sources)
-    if found.name in PIPELINE_LESS:
-        raise ImportRefusal(f"{weights} holds a {found.name} ({PIPELINE_LESS[found.name]}): the network loads and is "
-                            f"checked against the official outputs (refusion.models.{found.name}), but refusion's "
-                            f"pipeline has no path for its inputs yet, so no restorable folder is written "
-                            f"(docs/official_models.md)")
     if found.purpose == "autoencoder":
         raise ImportRefusal(f"{weights} holds a LatentUNet autoencoder on its own: import the latent noise network "
                             f"with --weights NOISE.pth --latent-weights {weights} --options OPTIONS.yml")

@@ -28,6 +28,7 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from refusion.data.lens import LensMetadataError
 from refusion.inference.allocator import tune_malloc_for
 from refusion.training import objectives as objectives_module
 from refusion.training import run_dir as rd
@@ -250,7 +251,8 @@ def _train_loader(run: _Run, position: int):
 
     cfg, acc = run.recipe.data.train, run.accelerator
     dataset = PairedImageDataset(cfg.gt, cfg.lq, gt_size=cfg.gt_size, use_flip=cfg.use_flip,
-                                 use_rot=cfg.use_rot, cond=cfg.cond, max_images=cfg.max_images)
+                                 use_rot=cfg.use_rot, cond=cfg.cond, max_images=cfg.max_images, stereo=cfg.stereo,
+                                 lens=cfg.lens)
     return stream_loader(dataset, seed=run.recipe.seed, start=position, batch_size=run.recipe.train.batch_size,
                          rank=acc.process_index, world_size=acc.num_processes,
                          num_workers=run.recipe.data.num_workers)
@@ -356,13 +358,14 @@ def _validate(run: _Run, step: int) -> dict:
     """Restore whole validation images, gather the metrics of every process, log, keep best/."""
     from refusion.data.paired import PairedImageDataset
     from refusion.evaluation.metrics import MetricSet
+    from refusion.data.inputs import split_views
     from refusion.training.objectives import restore_batch
 
     recipe, acc = run.recipe, run.accelerator
     cfg, val_cfg = recipe.data.val, recipe.validation
     if run.val_dataset is None:
         limits = [n for n in (cfg.max_images, val_cfg.max_images) if n is not None]
-        run.val_dataset = PairedImageDataset(cfg.gt, cfg.lq, cond=cfg.cond,
+        run.val_dataset = PairedImageDataset(cfg.gt, cfg.lq, cond=cfg.cond, stereo=cfg.stereo, lens=cfg.lens,
                                              max_images=min(limits) if limits else None)
     dataset = run.val_dataset
     loader = prepare_data_loader(torch.utils.data.DataLoader(dataset, batch_size=1), acc.device,
@@ -380,12 +383,15 @@ def _validate(run: _Run, step: int) -> dict:
         restored = restore_batch(recipe.task, model, batch, scheduler, generator=generator,
                                  num_inference_steps=val_cfg.num_inference_steps,
                                  autoencoder=run.autoencoder).float().clamp(0, 1)
+        gt = batch["gt"].float()
+        if cfg.stereo:   # both views scored, each as an image of its own
+            restored, gt = split_views(restored), split_views(gt)
         values = [[r["psnr"], r["ssim"], float("nan") if r.get("lpips") is None else r["lpips"]]
-                  for r in metric_set.evaluate_batch(restored, batch["gt"].float())]
+                  for r in metric_set.evaluate_batch(restored, gt)]
         # inside the loop: gather_for_metrics drops the samples repeated to even out the last batch
         rows.append(acc.gather_for_metrics(torch.tensor(values, dtype=torch.float64, device=acc.device)))
         if first is None:
-            first = (batch["lq"][0], restored[0], batch["gt"][0], names[0])
+            first = (batch["lq"][0][:3], restored[0], gt[0], names[0])
     model.train(was_training)
     values = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
     means = values.mean(dim=0).tolist() if len(values) else [float("nan")] * 3
@@ -481,7 +487,7 @@ def main_guard(fn) -> int:
     """Run ``fn()``; print known training errors as one clear line and return an exit status."""
     try:
         fn()
-    except (rd.RunDirError, rd.CheckpointError, NonFiniteLossError, MixedPrecisionError) as exc:
+    except (rd.RunDirError, rd.CheckpointError, NonFiniteLossError, MixedPrecisionError, LensMetadataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

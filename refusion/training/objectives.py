@@ -1,9 +1,9 @@
 """What differs per task: the training loss and the validation restoration.
 
 Each objective is a plain function ``objective(model, batch, scheduler, train_cfg, *,
-autoencoder=None) -> (loss, logs)``; ``batch`` holds ``gt``, ``lq`` (and ``cond``), ``train_cfg``
-is the recipe's ``train`` section, ``logs`` a dict of floats for the logger. The engine does not know
-which objective it runs.
+autoencoder=None) -> (loss, logs)``; ``batch`` holds ``gt``, ``lq`` (and ``cond``, or the bokeh
+``lens_info``), ``train_cfg`` is the recipe's ``train`` section, ``logs`` a dict of floats for the
+logger. The engine does not know which objective it runs.
 
 - ``sde``: t ~ U{1..T}, x_t from the forward marginal; a noise-predicting network (official) is
   trained by comparing the reverse-SDE mean built from it with the optimal reverse state x*_{t-1}
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from refusion.data.lens import lens_arguments
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 
@@ -60,7 +61,7 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     t = scheduler.sample_timesteps(x0.shape[0], device=x0.device)
     noise = torch.randn_like(x0)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
-    output = _noise_network(model, scheduler, x_t, mu, t, cond)
+    output = _noise_network(model, scheduler, x_t, mu, t, cond, batch.get("lens_info"))
     if scheduler.config.prediction_type == "sample":
         loss = MatchingLoss(train_cfg.loss)(_full(output), _full(x0))
         return loss, {"loss": loss.item()}
@@ -161,16 +162,19 @@ def training_module(task: str, model: nn.Module) -> nn.Module:
 # Validation: restore a batch of whole LQ images with the network being trained.
 
 
-def _noise_network(model, scheduler, x_t, mu, t, cond):
+def _noise_network(model, scheduler, x_t, mu, t, cond, lens_info=None):
     """The noise prediction: the DenoisingSDE's networks see only the state (net(x_t, t), as the
-    official denoising-sde code calls them); the IR-SDE's see mu (and cond) too."""
+    official denoising-sde code calls them); the IR-SDE's see mu (and cond) too, and the bokeh network
+    the batch's (B, 3) lens information as ``lens_info=[src_lens, tgt_lens, disparity]`` (official)."""
     if isinstance(scheduler, DenoisingSDEScheduler):
         return model(x_t, t)
+    if lens_info is not None:
+        return model(x_t, mu, t, lens_info=lens_arguments(lens_info))
     return model(x_t, mu, t) if cond is None else model(x_t, mu, t, cond)
 
 
 @torch.no_grad()
-def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, generator=None):
+def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, lens_info=None, generator=None):
     """Reverse-time sampling from the scheduler's initial state (x_T = mu + lambda z for the IR-SDE,
     the noisy image itself at the start timestep for the DenoisingSDE) with its update rule."""
     if isinstance(scheduler, DenoisingSDEScheduler):   # at most the steps from the start timestep
@@ -179,7 +183,7 @@ def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, gen
     x = scheduler.initial_sample(mu, generator=generator).to(mu.dtype)
     for t in scheduler.timesteps:
         t_batch = t.expand(mu.shape[0]).to(mu.device)
-        noise_pred = _noise_network(model, scheduler, x, mu, t_batch, cond)
+        noise_pred = _noise_network(model, scheduler, x, mu, t_batch, cond, lens_info)
         x = scheduler.step(noise_pred.float(), t, x, mu=mu, generator=generator).prev_sample.to(mu.dtype)
     return x
 
@@ -197,10 +201,11 @@ def restore_batch(task: str, model, batch, scheduler=None, *, num_inference_step
         # what the latent pipeline relies on: a clean latent decoded with the LQ image's skips
         latent_gt, _ = model.encode(gt)
         return model.decode(latent_gt, model.encode(lq)[1])
+    lens_info = batch.get("lens_info")
     if autoencoder is None:
         return sample_sde(model, scheduler, lq, num_inference_steps=num_inference_steps,
-                          cond=cond, generator=generator)
+                          cond=cond, lens_info=lens_info, generator=generator)
     latent_lq, skips_lq = autoencoder.encode(lq)
     latent = sample_sde(model, scheduler, latent_lq, num_inference_steps=num_inference_steps,
-                        cond=cond, generator=generator)
+                        cond=cond, lens_info=lens_info, generator=generator)
     return autoencoder.decode(latent, skips_lq)
