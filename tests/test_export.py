@@ -72,3 +72,23 @@ def test_cli_writes_refuses_overwrite_and_names_bad_inputs(tmp_path, capsys):
     assert out.read_bytes() == before
     missing = run_cli(tmp_path / "nowhere", tmp_path / "x.onnx", capsys=capsys)
     assert missing.returncode == 2 and "nowhere" in missing.stderr and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["UnconditionalNAFNet", "BokehNAFNet"])
+def test_official_task_variants_export_and_match(tmp_path, name):
+    from refusion.models import MODELS
+
+    torch.manual_seed(0)
+    net = MODELS[name](width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]).eval()
+    info = export_onnx(net, tmp_path / "net.onnx")
+    assert info["inputs"] == input_names(net) and info["max_abs_error"] < 1e-4
+    assert {"UnconditionalNAFNet": ["x_t", "t"], "BokehNAFNet": ["x_t", "mu", "t", "lens_info"]}[name] == info["inputs"]
+
+
+def test_stereo_export_is_refused_and_writes_nothing(tmp_path):
+    from refusion.models import StereoNAFNet
+
+    net = StereoNAFNet(width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
+    with pytest.raises(ValueError, match="ONNX export of StereoNAFNet is not supported"):
+        export_onnx(net, tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = export_onnx(net, opts.output, check=not opts.no_check)
+    except ValueError as exc:         # a network the exporter cannot express (StereoNAFNet)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ImportError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,6 +1,8 @@
 """ONNX export of the toolkit's networks, with dynamic batch, height and width, checked by ONNX Runtime.
 
-Noise networks (ConditionalNAFNet, ConditionalUNet) take ``x_t, mu, t`` (and ``cond`` when their
+Noise networks (ConditionalNAFNet, ConditionalUNet; StereoNAFNet is refused, see export_onnx) take
+``x_t, mu, t`` (the unconditional denoising-sde networks ``x_t, t``; BokehNAFNet also ``lens_info``,
+one (B, 3) tensor [src_lens, tgt_lens, disparity]) (and ``cond`` when their
 ``cond_channels`` > 0), with ``t`` an int64 (B,) vector of timesteps as the pipeline passes it;
 every other network takes one ``image``. Any side from one padding multiple (2**levels) up works
 in the exported graph: the networks' own padding to that multiple and the crop back are part of it.
@@ -38,9 +40,40 @@ def _cond_channels(net) -> int:
     return int(config.get("cond_channels", 0)) if config is not None else 0
 
 
+def _kind(net) -> str:
+    """How the network is called: image | unconditional net(x_t, t) | bokeh (lens_info) | noise net(x_t, mu, t)."""
+    name = type(net).__name__
+    if name in ("UnconditionalNAFNet", "UnconditionalUNet"):
+        return "unconditional"
+    if name == "BokehNAFNet":
+        return "bokeh"
+    return "noise" if _is_noise_network(net) else "image"
+
+
+class _LensInfoAsTensor(torch.nn.Module):
+    """BokehNAFNet with its lens information as one (B, 3) input [src_lens, tgt_lens, disparity]:
+    a graph input must be a tensor, the network's own argument is a list of three (B,) tensors."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_t, mu, t, lens_info):
+        return self.net(x_t, mu, t, lens_info=list(lens_info.unbind(1)))
+
+
+def _graph_module(net) -> torch.nn.Module:
+    return _LensInfoAsTensor(net).eval() if _kind(net) == "bokeh" else net
+
+
 def input_names(net) -> list[str]:
     """Names of the exported graph's inputs, in call order."""
-    if _is_noise_network(net):
+    kind = _kind(net)
+    if kind == "unconditional":
+        return ["x_t", "t"]
+    if kind == "bokeh":
+        return ["x_t", "mu", "t", "lens_info"]
+    if kind == "noise":
         return ["x_t", "mu", "t"] + (["cond"] if _cond_channels(net) else [])
     return ["image"]
 
@@ -50,16 +83,24 @@ def example_inputs(net, *, batch: int = 1, height: int = 64, width: int = 64, se
     channels = network_channels(net) or 3
     generator = torch.Generator().manual_seed(seed)
     image = lambda c: torch.rand(batch, c, height, width, generator=generator)  # noqa: E731
-    if not _is_noise_network(net):
+    kind = _kind(net)
+    if kind == "image":
         return (image(channels),)
     t = torch.randint(1, 100, (batch,), generator=generator)
+    if kind == "unconditional":
+        return (image(channels), t)
     inputs = (image(channels), image(channels), t)
+    if kind == "bokeh":   # lenses as the official encoding gives them (+-10 x f-number) and a disparity
+        lens = torch.stack([torch.empty(batch).uniform_(-160, 160, generator=generator),
+                            torch.empty(batch).uniform_(-160, 160, generator=generator),
+                            torch.empty(batch).uniform_(0, 50, generator=generator)], dim=1)
+        return inputs + (lens,)
     return inputs + ((image(_cond_channels(net)),) if _cond_channels(net) else ())
 
 
 def _torch_outputs(net, inputs: tuple) -> list[torch.Tensor]:
     with torch.inference_mode():
-        out = net(*inputs)
+        out = _graph_module(net)(*inputs)
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
@@ -80,6 +121,11 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     from torch.export import Dim
 
     path = Path(path)
+    if type(net).__name__ == "StereoNAFNet":
+        # the exporter fixes the batch size of its cross-view attention (views stacked on the batch
+        # axis): the graph would run one batch size only, so no graph is written
+        raise ValueError("ONNX export of StereoNAFNet is not supported: torch's exporter specialises the batch "
+                         "size of its cross-view attention, so the graph would accept one batch size only")
     net = net.eval()
     names = input_names(net)
     # not square: a square example lets the exporter tie the height and width symbols together
@@ -89,6 +135,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     multiple = max(spatial_multiple(net), int(getattr(net, "pad_multiple", 1)))
     batch = Dim("batch", min=1, max=1024)
     height, width = Dim("height", min=multiple, max=65536), Dim("width", min=multiple, max=65536)
+    height, width = Dim("height", min=multiple, max=65536), Dim("width", min=multiple, max=65536)
     dynamic = tuple({0: batch, 2: height, 3: width} if x.dim() == 4 else {0: batch} for x in inputs)
     outputs = ["stage1", "output"] if len(_torch_outputs(net, inputs)) == 2 else ["output"]
     tmp = path.with_name(f".tmp-{path.name}")
@@ -96,7 +143,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints its progress
             # several inputs share batch/height/width by design (x_t, mu, cond): not worth a warning
             warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
-            program = torch.onnx.export(net, inputs, input_names=names, output_names=outputs,
+            program = torch.onnx.export(_graph_module(net), inputs, input_names=names, output_names=outputs,
                                         dynamic_shapes=dynamic, dynamo=True)
         model = program.model_proto
         # the exporter annotates rfft outputs with the input's width instead of width // 2 + 1;

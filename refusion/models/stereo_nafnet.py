@@ -100,8 +100,9 @@ class StereoNAFNet(NAFNoiseVariant):
                              f"(the cross-view attention works on 1/4 of the deepest features)")
         views = [noise_network_input(x, m, None, 0, owner="StereoNAFNet") for x, m in zip(x_t.chunk(2, 1), mu.chunk(2, 1))]
         time_emb = self.embed_time(t, x_t.shape[0], x_t.dtype, x_t.device)
-        if time_emb.shape[0] > 1:  # one row per sample: the same for both views
-            time_emb = time_emb.repeat(2, 1)
+        # one row per sample (a scalar t gives one row for all), the same for both views; expand
+        # instead of a branch on the row count keeps the batch size free in an exported graph
+        time_emb = time_emb.expand(x_t.shape[0], -1).repeat(2, 1)
         out = self.predict(torch.cat(views, dim=0), time_emb)
         return torch.cat(out.chunk(2, dim=0), dim=1)
 
