@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("refusion.cli.export", "export a network to ONNX, checked by ONNX Runtime"),
     "benchmark": ("refusion.cli.benchmark", "speed and memory on this machine, as JSON"),
     "dataset": ("refusion.cli.dataset", "build an offline paired dataset from bundled photographs"),
+    "app": ("refusion.cli.app", "a web page (Gradio) that restores uploaded images with one or more models"),
     "demo": ("refusion.cli.demo", "the quickstart: dataset, tiny SDE and NAFNet, evaluation report"),
     "sampling-study": ("refusion.cli.sampling_study", "every SDE sampler at several step counts on one run"),
     "sampling-trajectory": ("refusion.cli.sampling_trajectory", "PSNR of x0 estimates along the reverse trajectory"),

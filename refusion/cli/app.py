@@ -1,0 +1,336 @@
+"""Serve a web page that restores uploaded images with one or more models (Gradio).
+
+    refusion app --model runs/quickstart_sde
+    refusion app --model runs/shadow --model runs/nafnet_deblur --steps 20 --port 7861
+    refusion app --model IR-SDE_denoising.pth --options test_denoising.yml --model runs/nafnet --max-megapixels 12
+    refusion app --model runs/shadow --host 0.0.0.0        # reachable from other machines: read the note below
+
+--model is what `refusion restore --model` takes (a run, a saved pipeline or model, an imported
+official folder, or an official checkpoint file); repeat it to offer several models in a dropdown.
+--options belongs to the --model checkpoint file right before it. Needs the optional extra:
+pip install -e ".[app]".
+
+The page: upload an image (or pick a bundled sample photograph), choose the sampler, steps, tile
+size, seed and half precision, restore with a progress bar per step, compare before / after, get
+PSNR / LPIPS when a ground truth is uploaded, and download the full-resolution result at the
+input's bit depth (16-bit PNG/TIFF in, 16-bit out). Requests run one at a time (--concurrency).
+Uploads and results live in a temporary folder that is removed when the app stops; an upload that
+is not a readable image, or larger than --max-megapixels, gets a message in the page.
+
+The app listens on 127.0.0.1 (this machine only) unless --host says otherwise; it has no login,
+so anyone who can reach another --host can use this machine's CPU/GPU through it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import ipaddress
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from refusion.cli.app_service import (SAMPLE_DEGRADATIONS, AppInputError, AppService, Limits, LoadedModel,
+                                      Settings, metrics_markdown, preview, read_upload)
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+class UsageError(Exception):
+    """A problem with the command line (exit status 2)."""
+
+
+@dataclass
+class ModelSpec:
+    path: Path
+    options: Path | None = None
+
+
+class _ModelAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        specs = list(getattr(namespace, self.dest, None) or [])
+        specs.append(ModelSpec(Path(values)))
+        setattr(namespace, self.dest, specs)
+
+
+class _OptionsAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        specs = getattr(namespace, "models", None)
+        if not specs:
+            parser.error("--options describes the --model checkpoint file given right before it; put it after that --model")
+        if specs[-1].options is not None:
+            parser.error(f"--options given twice for --model {str(specs[-1].path)!r}")
+        specs[-1].options = Path(values)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="examples:\n" + "\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", dest="models", action=_ModelAction, metavar="DIR_OR_CHECKPOINT", default=None,
+                   help="run directory, saved pipeline/model, imported official folder or official checkpoint file; "
+                        "repeat for several models")
+    p.add_argument("--options", action=_OptionsAction, metavar="YAML", default=argparse.SUPPRESS,
+                   help="official option file of the --model checkpoint file right before it")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--steps", type=int, default=None, help="the page's initial step count (default: the model's "
+                                                            "trained steps, at most --max-steps)")
+    p.add_argument("--tile", type=int, default=None, help="the page's initial tile size in pixels (default: whole image)")
+    p.add_argument("--seed", type=int, default=0, help="the page's initial noise seed (default 0)")
+    p.add_argument("--half", action="store_true", help="half precision checked in the page at start")
+    p.add_argument("--max-megapixels", type=float, default=25.0,
+                   help="largest image accepted, checked before decoding (default 25 megapixels, 6000x4000 fits)")
+    p.add_argument("--max-steps", type=int, default=100, help="largest step count a request may ask for (default 100)")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload in megabytes (default 200)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="requests restored at the same time (default 1; the rest wait in the queue)")
+    p.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (default 32)")
+    args = p.parse_args(argv)
+    if not args.models:
+        p.error("--model is required (a run directory, a saved model or an official checkpoint file)")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_args(args) -> Limits:
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    for flag, value in (("--max-megapixels", args.max_megapixels), ("--max-steps", args.max_steps),
+                        ("--max-upload-mb", args.max_upload_mb), ("--concurrency", args.concurrency),
+                        ("--queue-size", args.queue_size)):
+        if not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if args.steps is not None and not 1 <= args.steps <= args.max_steps:
+        raise UsageError(f"--steps {args.steps} is outside 1..--max-steps ({args.max_steps})")
+    if args.tile is not None and args.tile < 0:
+        raise UsageError(f"--tile must be a positive number of pixels (0: whole image), got {args.tile}")
+    return Limits(max_pixels=int(args.max_megapixels * 1e6), max_steps=args.max_steps)
+
+
+def resolve_device(name: str):
+    import torch
+
+    from refusion.cli.restore import UsageError as RestoreUsageError, resolve_device as restore_device
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return restore_device(name)
+    except RestoreUsageError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_models(specs: list[ModelSpec], device) -> list[LoadedModel]:
+    """Every --model, loaded as `refusion restore` loads it; UsageError naming the one that fails."""
+    from refusion.cli import restore as restore_cli
+    from refusion.inference.loading import default_tlc
+
+    names = [spec.path.stem if spec.path.is_file() else spec.path.name or str(spec.path) for spec in specs]
+    names = [str(spec.path) if names.count(name) > 1 else name for spec, name in zip(specs, names)]
+    loaded = []
+    for spec, name in zip(specs, names):
+        request = SimpleNamespace(model=spec.path, options=spec.options, latent_weights=None, sde=None)
+        try:
+            folder = restore_cli.model_folder(request)
+            kind, model = restore_cli.load_model(folder, device)
+        except (restore_cli.UsageError, FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:  # any other failure to load is still a problem with this --model
+            raise UsageError(f"cannot load --model {str(spec.path)!r}: {type(exc).__name__}: {exc}") from None
+        loaded.append(LoadedModel.wrap(name, kind, model, folder, tlc=default_tlc(folder) if kind == "regressor" else None))
+    return loaded
+
+
+# ----------------------------------------------------------------------------------------------
+# The page
+
+
+def _error(message: str, when: str = "Not restored") -> str:
+    return f"**{when}:** {message}"
+
+
+def build_app(service: AppService, defaults: Settings | None = None):
+    """The Gradio Blocks of the page (not launched)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from refusion.data.image_io import IMAGE_EXTENSIONS
+    from refusion.data.synthetic import SOURCES
+
+    defaults = defaults or Settings()
+    names = list(service.models)
+
+    def sde_controls(name: str) -> dict:
+        """The sampler / steps / seed controls for a model (hidden for a regressor)."""
+        entry = service.model(name)
+        sde = entry.kind == "sde"
+        top = min(entry.full_steps, service.limits.max_steps) if sde else 1
+        value = min(defaults.steps or top, top)
+        steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
+        return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
+                "steps": dict(**steps, visible=sde),
+                "seed": dict(visible=sde), "about": entry.describe()}
+
+    def on_model(name: str):
+        c = sde_controls(name)
+        return gr.Dropdown(**c["sampler"]), gr.Slider(**c["steps"]), gr.Number(**c["seed"]), c["about"]
+
+    def on_input(path):
+        if not path:
+            return None, ""
+        try:
+            image, bit_depth = read_upload(path, service.limits)
+        except AppInputError as exc:
+            return None, _error(str(exc), "Cannot use this file")
+        height, width = image.shape[:2]
+        return preview(image), f"{Path(path).name}: {width}x{height}, {bit_depth}-bit. Press **Restore**."
+
+    def on_sample(name, degradation):
+        try:
+            lq, gt = service.sample(name, degradation)
+        except AppInputError as exc:
+            return gr.File(), gr.File(), _error(str(exc), "No sample")
+        return str(lq), str(gt), ""
+
+    def on_restore(model_name, lq_path, gt_path, sampler, steps, tile, seed, half, progress=gr.Progress()):
+        def on_step(done: int, total: int) -> None:
+            progress((done, total), desc="restoring", unit="steps")
+
+        settings = Settings(sampler=sampler, steps=steps, tile=tile, seed=seed, half=half)
+        try:
+            result = service.restore(model_name, lq_path, settings, gt_path or None, on_step=on_step)
+        except AppInputError as exc:
+            return _error(str(exc)), None, None, ""
+        except Exception as exc:  # a failing request is reported; the app serves the next one
+            traceback.print_exc()
+            return _error(f"restoration failed: {type(exc).__name__}: {exc}"), None, None, ""
+        after = preview(result.restored)
+        before = preview(result.lq, size=after.shape[:2])
+        return result.summary, (before, after), str(result.path), metrics_markdown(result.metrics)
+
+    first = sde_controls(names[0])
+    # the server checks a request's values against the controls it was built with: they admit what any
+    # model takes (a request is checked against its own model by the service), the page narrows them
+    every_sampler = list(dict.fromkeys(s for m in service.models.values() for s in m.samplers))
+    most_steps = max(sde_controls(name)["steps"]["maximum"] for name in names)
+    first["sampler"]["choices"] = every_sampler
+    first["steps"].update(minimum=min(1, first["steps"]["minimum"]), maximum=most_steps)
+    with gr.Blocks(title="refusion", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        gr.Markdown("# refusion: image restoration\nUpload an image (PNG, JPEG, TIFF, BMP, WebP; 8 or 16 bit; "
+                    f"at most {service.limits.max_pixels / 1e6:g} megapixels) or use a sample photograph, then "
+                    "press **Restore**.")
+        with gr.Row():
+            with gr.Column():
+                model = gr.Dropdown(names, value=names[0], label="model", elem_id="model", interactive=len(names) > 1)
+                about = gr.Markdown(first["about"], elem_id="about")
+                lq_file = gr.File(label="image to restore", file_types=list(IMAGE_EXTENSIONS), elem_id="lq-file")
+                with gr.Row():
+                    sample = gr.Dropdown(list(SOURCES), value="coffee", label="sample photograph")
+                    degradation = gr.Dropdown(list(SAMPLE_DEGRADATIONS), value="noise", label="degraded with")
+                    use_sample = gr.Button("Use sample", elem_id="use-sample")
+                gt_file = gr.File(label="ground truth, optional (PSNR and LPIPS)", file_types=list(IMAGE_EXTENSIONS),
+                                  elem_id="gt-file")
+                lq_view = gr.Image(label="input", interactive=False, format="png", height=240, buttons=["fullscreen"],
+                                   elem_id="lq-view")
+                sampler = gr.Dropdown(label="sampler", elem_id="sampler", **first["sampler"])
+                steps = gr.Slider(label="steps", step=1, elem_id="steps", **first["steps"])
+                seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="seed", elem_id="seed", **first["seed"])
+                tile = gr.Number(value=defaults.tile or 0, precision=0, minimum=0,
+                                 label="tile size in pixels (0: the whole image at once)", elem_id="tile")
+                half = gr.Checkbox(value=defaults.half, label="half precision (bfloat16 on CPU, float16 on CUDA)",
+                                   elem_id="half")
+                run = gr.Button("Restore", variant="primary", elem_id="restore")
+            with gr.Column():
+                status = gr.Markdown(elem_id="status")
+                compare = gr.ImageSlider(label="before / after", interactive=False, format="png", elem_id="compare")
+                result_file = gr.File(label="restored image, full resolution", interactive=False, elem_id="result-file")
+                scores = gr.Markdown(elem_id="metrics")
+
+        demo.load(on_model, inputs=model, outputs=[sampler, steps, seed, about], queue=False)
+        model.change(on_model, inputs=model, outputs=[sampler, steps, seed, about], queue=False)
+        lq_file.change(on_input, inputs=lq_file, outputs=[lq_view, status], queue=False)
+        use_sample.click(on_sample, inputs=[sample, degradation], outputs=[lq_file, gt_file, status], queue=False)
+        run.click(on_restore, inputs=[model, lq_file, gt_file, sampler, steps, tile, seed, half],
+                  outputs=[status, compare, result_file, scores], api_name="restore")
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        limits = check_args(args)
+        device = resolve_device(args.device)
+    except UsageError as exc:
+        print(f"app: error: {exc}", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("gradio") is None:   # checked before the models load: that takes a while
+        print('app: error: the web app needs Gradio: pip install -e ".[app]" (or pip install gradio)', file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="refusion-app-"))
+    # uploads, Gradio's cache and results all stay in workdir (Gradio reads the variable when it is
+    # imported, below); nothing phones home; the caller's environment is put back on return
+    environment = {"GRADIO_TEMP_DIR": str(workdir / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
+                   "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        try:
+            models = load_models(args.models, device)
+        except UsageError as exc:
+            print(f"app: error: {exc}", file=sys.stderr)
+            return 2
+        if "onnxruntime" in sys.modules:   # diffusers imports it (when installed) while it loads a pipeline
+            sys.modules["onnxruntime"].disable_telemetry_events()
+        service = AppService(models, limits, workdir, device=device)
+        defaults = Settings(steps=args.steps, tile=args.tile, seed=args.seed, half=args.half)
+        demo = build_app(service, defaults)
+        demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+        if not is_loopback(args.host):
+            print(f"app: note: listening on {args.host}: anyone who can reach this address can use the app "
+                  f"(there is no login)", file=sys.stderr)
+        print(f"app: {len(models)} model(s) on {device}: {', '.join(service.models)}; temporary folder {workdir}",
+              flush=True)
+        try:
+            demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                        max_file_size=int(args.max_upload_mb * 1024 * 1024), allowed_paths=[str(workdir)],
+                        ssr_mode=False, mcp_server=False, show_error=False,
+                        run_history=False, footer_links=["api", "settings"])   # no run history (nor its hub upload)
+        except OSError as exc:  # the port is taken, the address is not this machine's, ...
+            print(f"app: error: cannot listen on {args.host}:{args.port} ({exc}); choose another --port or --host",
+                  file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # Gradio closes its server on it; main() then removes the temporary folder
+
+
+if __name__ == "__main__":
+    sys.exit(main())
