@@ -220,3 +220,75 @@ def test_call_validation():
         s.step(x, 100, x, mu=torch.zeros(2, 3, 4, 5))
     with pytest.raises(ValueError, match=r"generator: a list of 1 generators was given for a batch of 2"):
         s.initial_sample(x, generator=[torch.Generator()])
+
+
+# ------------------------------------------------------------------ rounding and scale boundaries
+def trailing_exact(T: int, n: int) -> list[int]:
+    """T (n - i) / n in exact rational arithmetic, rounded half up (x.5 -> x + 1)."""
+    from fractions import Fraction
+
+    return [int(Fraction(T * (n - i), n) + Fraction(1, 2)) for i in range(n)]
+
+
+def test_set_timesteps_rounds_exact_halves_up():
+    """n = 8 of T = 100 puts four positions exactly on .5 (87.5, 62.5, 37.5, 12.5): half up gives
+    88, 63, 38, 13 (banker's rounding would give 62 and 12, half down 87 and 37)."""
+    s = IRSDEScheduler()
+    s.set_timesteps(8)
+    assert s.timesteps.tolist() == [100, 88, 75, 63, 50, 38, 25, 13]
+    s.set_timesteps(40)                                        # 97.5 -> 98, 2.5 -> 3
+    assert s.timesteps.tolist()[:2] == [100, 98] and s.timesteps.tolist()[-1] == 3
+
+
+@pytest.mark.parametrize("T", [100, 30])
+def test_set_timesteps_matches_exact_arithmetic_for_every_step_count(T):
+    """Every n in [1, T]: the positions computed exactly (no float drift across a .5), strictly
+    decreasing, from T down to round(T / n) >= 1; the step tables hold exactly those entries."""
+    from refusion.schedulers import samplers as S
+
+    s = IRSDEScheduler(num_train_timesteps=T)
+    for n in range(1, T + 1):
+        s.set_timesteps(n)
+        want = trailing_exact(T, n)
+        assert s.timesteps.tolist() == want, n
+        assert S.trailing_timesteps(T, n).tolist() == want, n         # the DenoisingSDE's rule
+        assert all(a > b for a, b in zip(want, want[1:])) and want[-1] >= 1
+        assert sorted(s._timestep_set) == sorted(want)
+
+
+def test_denoising_sde_set_timesteps_rounds_exact_halves_up():
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+    s = DenoisingSDEScheduler(sampler="posterior")
+    s.set_timesteps(8)
+    assert s.timesteps.tolist() == trailing_exact(100, 8) == [100, 88, 75, 63, 50, 38, 25, 13]
+
+
+@pytest.mark.parametrize("max_sigma, lam", [
+    (1, 1 / 255), (1.0, 1 / 255), (1.0000001, 1.0000001 / 255),    # >= 1: the 0-255 scale
+    (0.9999999, 0.9999999), (0.5, 0.5),                            # < 1: already normalised
+])
+def test_max_sigma_boundary_of_the_0_255_rule(max_sigma, lam):
+    """lambda = max_sigma / 255 when max_sigma >= 1, else max_sigma itself (official rule); at
+    exactly 1 the 0-255 scale applies. The whole schedule follows lambda."""
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+    for cls in (IRSDEScheduler, DenoisingSDEScheduler):
+        s = cls(max_sigma=max_sigma)
+        assert s.stationary_std == pytest.approx(lam, rel=1e-15), cls
+        assert float(s.sigma_bars[-1]) == pytest.approx(lam * (1 - s.config.eps ** 2) ** 0.5, rel=1e-13), cls
+        assert float(s.sigmas[50]) == pytest.approx(lam * (2 * float(s.thetas[50])) ** 0.5, rel=1e-13), cls
+    assert IRSDEScheduler(max_sigma=max_sigma).init_noise_sigma == pytest.approx(lam, rel=1e-15)
+
+
+def test_noise_level_boundary_of_the_0_255_rule():
+    """The DenoisingSDE's noise_level follows the same rule: 1 means 1/255, 0.5 means 0.5 (which
+    exceeds lambda = 50/255 and is refused)."""
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+    s = DenoisingSDEScheduler(max_sigma=50)
+    assert s.timestep_for_noise_level(1) == s.timestep_for_noise_level(1 / 255)
+    assert s.timestep_for_noise_level(1.0) == s.timestep_for_noise_level(1 / 255)
+    assert s.timestep_for_noise_level(25) == s.timestep_for_noise_level(25 / 255)
+    with pytest.raises(ValueError, match="exceeds max_sigma"):
+        s.timestep_for_noise_level(0.5)
