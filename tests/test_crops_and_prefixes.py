@@ -9,7 +9,6 @@ while an off-by-one in the span (never drawing the last offset) fails with certa
 from __future__ import annotations
 
 import itertools
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +120,15 @@ def official_sd():
 
 
 @pytest.fixture(scope="module")
-def wrapped_state_dicts(official_sd):
-    """State dicts of the real wrappers: torch.compile(DDP(net)) and DDP(torch.compile(net))."""
+def wrapped_state_dicts(official_sd, tmp_path_factory):
+    """State dicts of the real wrappers: torch.compile(DDP(net)) and DDP(torch.compile(net)), under a
+    one-process gloo group (a file store: no port)."""
     import torch.distributed as dist
 
     started = not dist.is_initialized()
     if started:
-        store = tempfile.NamedTemporaryFile(prefix="refusion_pg_", delete=False)
-        store.close()
-        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+        store = tmp_path_factory.mktemp("process_group") / "store"
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     try:
         def net():
             model = NAFNet(**SMALL)
@@ -144,7 +143,6 @@ def wrapped_state_dicts(official_sd):
     finally:
         if started:
             dist.destroy_process_group()
-            Path(store.name).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("wrapper, prefix", [("compile(ddp(net))", "_orig_mod.module."),

@@ -106,10 +106,13 @@ def sde_loss_np(p, x_t, mu, t, x0, cond, prediction_type):
 
 
 class ToyAutoencoder(nn.Module):
-    """encode: (0.5 avgpool2(x) + 0.1, [x]); decode unused by the SDE objective."""
+    """encode: (0.5 avgpool2(x) + 0.1, [x]); decode: 2 (up2(latent) - 0.1)."""
 
     def encode(self, x):
         return 0.5 * torch.nn.functional.avg_pool2d(x, 2) + 0.1, [x]
+
+    def decode(self, latent, skips):
+        return 2 * (latent.repeat_interleave(2, 2).repeat_interleave(2, 3) - 0.1)
 
 
 def avgpool2_np(x):
@@ -157,6 +160,50 @@ def test_sde_objective_one_step_is_pinned(case):
     np.testing.assert_allclose(after, before - LR * want_grad, rtol=gtol, atol=gtol * np.abs(want_grad).max())
     if cond is None:
         assert grad[5] == 0 and want_grad[5] == 0    # k only acts through cond
+
+
+# a latent SDE with conditioning: the pipeline resizes cond to the latent grid
+# (F.interpolate(cond, size=latent.shape[-2:], mode="area")); training and validation do the same
+
+
+def test_latent_sde_objective_gives_the_network_cond_on_the_latent_grid():
+    """What the pipeline feeds at inference (refusion.inference.pipeline: cond area-resized to the
+    latent size) is what training must feed: for a 2x autoencoder, the 2x2 mean of cond."""
+    data = batch(seed=6, cond=True)
+    sched = IRSDEScheduler(max_sigma=50, num_train_timesteps=100, schedule="cosine", eps=0.005)
+    seen = {}
+
+    class Net(LinearNoiseNet):
+        def forward(self, x_t, mu, t, cond=None):
+            seen["cond"] = cond
+            assert cond is not None and cond.shape[-2:] == x_t.shape[-2:], "cond not on the latent grid"
+            return super().forward(x_t, mu, t, cond)
+
+    net = Net(torch.float64)
+    torch.manual_seed(3)
+    loss, _ = OBJECTIVES["sde"](net, data, sched, SimpleNamespace(loss="l1"), autoencoder=ToyAutoencoder())
+    cond = avgpool2_np(data["cond"].numpy())
+    np.testing.assert_allclose(seen["cond"].numpy(), cond, rtol=0, atol=1e-15)
+    x_t, _, t = net.seen[0]
+    x0, mu = (0.5 * avgpool2_np(data[k].numpy()) + 0.1 for k in ("gt", "lq"))
+    assert loss.item() == pytest.approx(sde_loss_np(net.params(), x_t.numpy(), mu, t.numpy(), x0, cond, "epsilon"),
+                                        rel=1e-12)
+
+
+def test_latent_sde_validation_restores_with_cond_on_the_latent_grid():
+    from refusion.training.objectives import restore_batch
+
+    data = batch(seed=7, cond=True)
+    shapes = []
+
+    def net(x_t, mu, t, cond=None):
+        shapes.append((tuple(x_t.shape), None if cond is None else tuple(cond.shape)))
+        return torch.zeros_like(x_t)
+
+    out = restore_batch("sde", net, data, IRSDEScheduler(sampler="mr_ode"), num_inference_steps=2,
+                        autoencoder=ToyAutoencoder())
+    assert out.shape == data["gt"].shape
+    assert shapes == [((3, 3, 4, 4), (3, 1, 4, 4))] * 2
 
 
 def test_sde_objective_draws_from_the_forward_marginal():

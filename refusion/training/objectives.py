@@ -45,6 +45,13 @@ def encode_latents(autoencoder: nn.Module, gt: torch.Tensor, lq: torch.Tensor):
     return latent_gt, latent_lq, skips_lq
 
 
+def latent_grid(cond: torch.Tensor | None, latent: torch.Tensor) -> torch.Tensor | None:
+    """Pixel-size conditioning maps on the latent grid, as the pipeline gives them (area average)."""
+    if cond is None or cond.shape[-2:] == latent.shape[-2:]:
+        return cond
+    return torch.nn.functional.interpolate(cond, size=latent.shape[-2:], mode="area")
+
+
 def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     """IR-SDE loss for the network's parameterisation (``scheduler.config.prediction_type``).
 
@@ -58,6 +65,7 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     x0, mu, cond = _batch_images(batch)
     if autoencoder is not None:
         x0, mu, _ = encode_latents(autoencoder, x0, mu)
+        cond = latent_grid(cond, mu)
     t = scheduler.sample_timesteps(x0.shape[0], device=x0.device)
     noise = torch.randn_like(x0)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
@@ -207,5 +215,5 @@ def restore_batch(task: str, model, batch, scheduler=None, *, num_inference_step
                           cond=cond, lens_info=lens_info, generator=generator)
     latent_lq, skips_lq = autoencoder.encode(lq)
     latent = sample_sde(model, scheduler, latent_lq, num_inference_steps=num_inference_steps,
-                        cond=cond, lens_info=lens_info, generator=generator)
+                        cond=latent_grid(cond, latent_lq), lens_info=lens_info, generator=generator)
     return autoencoder.decode(latent, skips_lq)
