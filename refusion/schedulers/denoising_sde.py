@@ -22,7 +22,7 @@ from torch import Tensor
 
 from refusion.schedulers import samplers as S
 from refusion.schedulers.ir_sde import (
-    PREDICTION_TYPES, GeneratorLike, IRSDEScheduler, IRSDESchedulerOutput, TimestepLike, _check_choice, _check_mu, check_sde_numbers,
+    PREDICTION_TYPES, GeneratorLike, IRSDEScheduler, IRSDESchedulerOutput, TimestepLike, _check_choice, _check_mu, check_sde_numbers, step_tables,
     cosine_thetas, linear_thetas, randn_like_batch,
 )
 
@@ -228,12 +228,7 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
                 self._check_stable(t, s)
             per_step = S.denoising_euler_coefficients(*args, stochastic=cfg.sampler == "sde")
         per_step["sigma_bar"] = self.sigma_bars[t]
-        tables = {}
-        for name, values in per_step.items():
-            table = torch.zeros(cfg.num_train_timesteps + 1, dtype=values.dtype)
-            table[t] = values
-            tables[name] = table
-        return tables
+        return step_tables(per_step, t, cfg.num_train_timesteps)
 
     def _check_stable(self, t: Tensor, s: Tensor) -> None:
         c = self.euler_contraction(t, s)

@@ -236,12 +236,7 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
                 *args, stochastic=cfg.sampler == "mr_sde", order=cfg.solver_order)
         per_step.update(sigma_bar=self.sigma_bars[t], signal=torch.exp(-self.thetas_cumsum[t] * self.dt),
                         prev_timestep=s)
-        tables = {}
-        for name, values in per_step.items():
-            table = torch.zeros(cfg.num_train_timesteps + 1, dtype=values.dtype)
-            table[t] = values
-            tables[name] = table
-        return tables
+        return step_tables(per_step, t, cfg.num_train_timesteps)
 
     def step(self, model_output: Tensor, timestep: TimestepLike, sample: Tensor, *, mu: Tensor,
              generator: GeneratorLike = None, variance_noise: Optional[Tensor] = None,
@@ -346,6 +341,16 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
 
 # ---------------------------------------------------------------------- validation
+def step_tables(per_step: dict[str, Tensor], t: Tensor, num_train_timesteps: int) -> dict[str, Tensor]:
+    """Per-step coefficients (one value per inference timestep ``t``) as tables indexed by timestep 0..T."""
+    tables = {}
+    for name, values in per_step.items():
+        table = torch.zeros(num_train_timesteps + 1, dtype=values.dtype)
+        table[t] = values
+        tables[name] = table
+    return tables
+
+
 def check_sde_numbers(num_train_timesteps, max_sigma, eps, eta, *, eps_hint: str) -> None:
     """The numeric arguments every mean-reverting SDE scheduler takes, with messages naming them."""
     if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 1):
