@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from refusion.config import TASK_MODELS
-from refusion.inference.loading import network_channels, spatial_multiple
+from refusion.inference.loading import is_stereo, is_unconditional, network_channels, spatial_multiple
 from refusion.models import final_output
 
 __all__ = ["example_inputs", "input_names", "export_onnx", "runtime_session", "check_onnx"]
@@ -42,10 +42,9 @@ def _cond_channels(net) -> int:
 
 def _kind(net) -> str:
     """How the network is called: image | unconditional net(x_t, t) | bokeh (lens_info) | noise net(x_t, mu, t)."""
-    name = type(net).__name__
-    if name in ("UnconditionalNAFNet", "UnconditionalUNet"):
+    if is_unconditional(net):
         return "unconditional"
-    if name == "BokehNAFNet":
+    if type(net).__name__ == "BokehNAFNet":
         return "bokeh"
     return "noise" if _is_noise_network(net) else "image"
 
@@ -121,7 +120,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     from torch.export import Dim
 
     path = Path(path)
-    if type(net).__name__ == "StereoNAFNet":
+    if is_stereo(net):
         # the exporter fixes the batch size of its cross-view attention (views stacked on the batch
         # axis): the graph would run one batch size only, so no graph is written
         raise ValueError("ONNX export of StereoNAFNet is not supported: torch's exporter specialises the batch "

@@ -19,7 +19,7 @@ from refusion.checksums import verify_weights_dir
 
 __all__ = ["REGRESSOR_NAMES", "WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weights_dir",
            "load_regressor", "spatial_multiple", "network_channels", "run_train_patch", "INFERENCE_FILE",
-           "read_inference_defaults", "default_tlc", "is_stereo", "STEREO_NETWORKS"]
+           "read_inference_defaults", "default_tlc", "is_stereo", "STEREO_NETWORKS", "is_unconditional", "UNCONDITIONAL_NETWORKS"]
 
 # networks that map an image to its restoration in one pass (refusion.restore)
 REGRESSOR_NAMES = ("NAFNet", "Baseline", "HINet", "NAFFTNet")
@@ -143,10 +143,16 @@ def spatial_multiple(net) -> int:
 
 # networks whose input holds two views stacked on channels (left first)
 STEREO_NETWORKS = ("StereoNAFNet",)
+# noise networks of the DenoisingSDE (codes/config/denoising-sde): net(x_t, t), no degraded image input
+UNCONDITIONAL_NETWORKS = ("UnconditionalNAFNet", "UnconditionalUNet")
 
 
 def is_stereo(net) -> bool:
     return type(net).__name__ in STEREO_NETWORKS
+
+
+def is_unconditional(net) -> bool:
+    return type(net).__name__ in UNCONDITIONAL_NETWORKS
 
 
 def network_channels(net) -> int | None:

@@ -35,7 +35,8 @@ from diffusers.utils import BaseOutput
 from refusion.checksums import verify_weights_dir, write_weights_manifest
 from refusion.data.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
 from refusion.data.lens import lens_arguments, lens_batch
-from refusion.inference.loading import REGRESSOR_NAMES, load_network, network_channels, own_memory, read_run_task, spatial_multiple, weights_dir
+from refusion.inference.loading import (REGRESSOR_NAMES, is_unconditional, load_network, network_channels, own_memory,
+                                        read_run_task, spatial_multiple, weights_dir)
 from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
@@ -61,14 +62,6 @@ class RefusionPipelineOutput(BaseOutput):
 
     images: Any
 
-
-
-# noise networks of the DenoisingSDE (codes/config/denoising-sde): net(x_t, t), no degraded image input
-UNCONDITIONAL_NETWORKS = ("UnconditionalNAFNet", "UnconditionalUNet")
-
-
-def _is_unconditional(noise_fn) -> bool:
-    return type(noise_fn).__name__ in UNCONDITIONAL_NETWORKS
 
 
 # noise networks that embed the lens information (codes/config/latent-bokeh): net(x_t, mu, t, lens_info=[...])
@@ -142,7 +135,7 @@ def sde_sample(
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
     # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
     net = InferenceNetwork(noise_fn, mu.device, half=half)
-    unconditional = _is_unconditional(noise_fn)
+    unconditional = is_unconditional(noise_fn)
     for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 

@@ -232,7 +232,8 @@ def _scheduler_settings(opts, sde, weights: Path, name: str) -> dict[str, Any]:
 
 
 def _write_pipeline(folder: Path, net, opts, sde, latent_weights, result: ImportedModel, weights: Path) -> None:
-    from refusion.inference.pipeline import UNCONDITIONAL_NETWORKS, RefusionPipeline
+    from refusion.inference.loading import UNCONDITIONAL_NETWORKS
+    from refusion.inference.pipeline import RefusionPipeline
     from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
