@@ -16,6 +16,7 @@ from refusion.config import RecipeError, recipe_from_dict
 from refusion.data.image_io import read_image, write_image
 from refusion.data.inputs import join_views, split_views
 from refusion.data.paired import PairedImageDataset, find_stereo_pairs, stereo_groups
+from refusion.evaluation.evaluate import evaluate_runs
 from refusion.official.importer import import_official
 from test_training import one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
 
@@ -117,9 +118,31 @@ def test_train_validate_and_restore_pairs(tmp_path, capsys):
     expected = pipe(stacked, num_inference_steps=3, output_type="pt", progress=False,
                     generator=torch.Generator().manual_seed(0)).images[0]
     np.testing.assert_allclose(read_image(out / "0000_R.png"), expected[3:].permute(1, 2, 0).numpy(), atol=1e-4)
+    check_evaluation_scores_both_views(pipe, tmp_path / "run", data / "val", tmp_path / "report")
     (data / "val/lq" / "0001_R.png").unlink()                  # a view without its partner: usage error
     assert restore_cli.main(args[:2] + [str(tmp_path / "out2")] + args[3:]) == 2
     assert "0001_L.png" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    (data / "val/gt" / "0001_R.png").unlink()
+    with pytest.raises(ValueError, match="0001_L"):              # evaluation: the same view without partner
+        evaluate_runs([tmp_path / "run"], data / "val/gt", data / "val/lq", tmp_path / "report2",
+                      samplers=["mr_sde:3"], progress=False)
+
+
+def check_evaluation_scores_both_views(pipe, run: Path, val: Path, out: Path) -> None:
+    """evaluate_runs restores each pair in one pass (seed + pair index) and scores each view as an image."""
+    result = evaluate_runs([run], val / "gt", val / "lq", out, samplers=["mr_sde:3"], seed=5, progress=False)
+    row = next(r for r in result["rows"] if r["kind"] == "sde")
+    assert row["images"] == 4 and row["nfe"] == 3              # 4 views; 3 network calls per pair
+    psnrs = []
+    for index, pair in enumerate(("0000", "0001")):
+        left, right = (read_image(val / "lq" / f"{pair}_{v}.png") for v in "LR")
+        stacked = torch.from_numpy(np.concatenate([left, right], axis=2)).permute(2, 0, 1)[None]
+        restored = pipe(stacked, num_inference_steps=3, sampler="mr_sde", output_type="pt", progress=False,
+                        generator=torch.Generator().manual_seed(5 + index)).images[0].permute(1, 2, 0).numpy()
+        for view, img in zip("LR", np.split(restored, 2, axis=2)):
+            psnrs.append(refusion.metrics.psnr(img, read_image(val / "gt" / f"{pair}_{view}.png")))
+            assert (out / "images" / "run__mr_sde__3" / f"{pair}_{view}.png").is_file()
+    assert row["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-6)
 
 
 def test_the_official_stereo_network_imports_and_matches_the_official_output(tmp_path):

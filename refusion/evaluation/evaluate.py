@@ -3,6 +3,10 @@
 `evaluate_runs` restores every test image with every method, measures PSNR/SSIM (BasicSR protocol),
 LPIPS when its weights are installed, seconds per image and network evaluations, and writes the
 tables, plots and image grid of `refusion.evaluation.report` into one folder.
+
+A stereo network (StereoNAFNet) restores the test set's ``<id>_L`` / ``<id>_R`` views together, in one
+pass, and each view is scored as an image of its own, so its rows compare with those of a method that
+restores each view alone. Seeds and network evaluations (NFE) count per pass: per image, or per pair.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from tqdm.auto import tqdm
 
 from refusion.evaluation import metrics
 from refusion.data.lens import lens_info_for, read_lens_metadata
-from refusion.data.paired import find_pairs
+from refusion.data.paired import find_pairs, stereo_groups
 from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
 
@@ -108,6 +112,12 @@ class _Restorer:
             self.network = load_regressor(self.method.run_dir).to(self.device).eval()
 
     @property
+    def is_stereo(self) -> bool:
+        from refusion.inference.loading import is_stereo
+
+        return is_stereo(self.network)
+
+    @property
     def takes_lens_info(self) -> bool:
         from refusion.inference.pipeline import takes_lens_info
 
@@ -173,27 +183,30 @@ def evaluate_runs(
             raise ValueError(f"{method.run_dir} is a bokeh model ({type(restorer.network).__name__}): pass the test "
                              f"set's lens metadata (lens=PATH, --lens-meta PATH: lines 'id, src_lens, tgt_lens, "
                              f"disparity')")
+        jobs = _jobs(pairs, stereo=restorer.is_stereo)
         counter = _CallCounter(restorer.network)
         scores = {"psnr": [], "ssim": [], "lpips": []}
         seconds = 0.0
-        bar = tqdm(pairs, desc=method.label, disable=not progress, leave=False)
-        for index, (name, _, _) in enumerate(bar):
-            lq = torch.from_numpy(lqs[name]).permute(2, 0, 1)[None].to(device)
+        bar = tqdm(jobs, desc=method.label, disable=not progress, leave=False)
+        for index, names in enumerate(bar):
+            # a stereo network restores the two views of a pair in one pass, left then right on channels
+            lq = torch.from_numpy(np.concatenate([lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
             start = time.perf_counter()
-            out = restorer(lq, seed + index, lenses and lenses[name])
+            out = restorer(lq, seed + index, lenses and lenses[names[0]])
             seconds += time.perf_counter() - start
-            img = out[0].permute(1, 2, 0).float().cpu().numpy()
-            restored[(method.label, name)] = img
-            gt = gts[name]
-            scores["psnr"].append(metrics.psnr(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
-            scores["ssim"].append(metrics.ssim(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
-            if lpips_reason is None:
-                scores["lpips"].append(metrics.lpips(img, gt, net=lpips_net))
-            _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
+            views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
+            for name, img in zip(names, views):
+                restored[(method.label, name)] = img
+                gt = gts[name]
+                scores["psnr"].append(metrics.psnr(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
+                scores["ssim"].append(metrics.ssim(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
+                if lpips_reason is None:
+                    scores["lpips"].append(metrics.lpips(img, gt, net=lpips_net))
+                _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
         counter.close()
         rows.append({
             "method": method.label, "run": method.run_dir.name, "kind": method.kind,
-            "sampler": method.sampler, "steps": method.steps, "nfe": counter.count / len(pairs),
+            "sampler": method.sampler, "steps": method.steps, "nfe": counter.count / len(jobs),
             "psnr": float(np.mean(scores["psnr"])), "ssim": float(np.mean(scores["ssim"])),
             "lpips": float(np.mean(scores["lpips"])) if scores["lpips"] else None,
             "seconds_per_image": seconds / len(pairs), "images": len(pairs),
@@ -203,12 +216,21 @@ def evaluate_runs(
 
     notes = [f"PSNR/SSIM: BasicSR protocol, crop_border={crop_border}, test_y_channel={test_y_channel}; "
              f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
-             f"{len(pairs)} test pairs from {test_lq}; seeds {seed}..{seed + len(pairs) - 1} (one per image)"]
+             f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)"]
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
     artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
     artefacts["grid"] = _grid(_spread(pairs, grid_images), methods, rows, lqs, gts, restored, out_dir / "grid.png")
     return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes}
+
+
+def _jobs(pairs, *, stereo: bool) -> list[tuple[str, ...]]:
+    """Image names per network pass: each image alone, or for a stereo network its <id>_L / <id>_R pair
+    (a test set with a view that has no partner is a ValueError naming it)."""
+    names = [name for name, _, _ in pairs]
+    if not stereo:
+        return [(name,) for name in names]
+    return [(i + "_L", i + "_R") for i in stereo_groups(names, {name: lq for name, _, lq in pairs})]
 
 
 def _input_row(pairs, lqs, gts, crop_border, test_y_channel, lpips_net) -> dict:
