@@ -1,0 +1,100 @@
+"""Bootstrap intervals (refusion/evaluation/statistics.py) against cases with a known answer."""
+import numpy as np
+import pytest
+import scipy.stats
+
+from refusion.evaluation import statistics
+from refusion.evaluation.statistics import add_intervals, bootstrap_means, mean_interval, paired_difference
+
+
+def test_constant_data_gives_a_zero_width_interval_at_the_value():
+    interval = mean_interval([2.5] * 40)
+    assert (interval.mean, interval.low, interval.high, interval.n) == (2.5, 2.5, 2.5, 40)
+
+
+def test_large_normal_sample_matches_the_normal_theory_interval():
+    values = np.random.default_rng(7).normal(30.0, 2.0, size=4000)
+    interval = mean_interval(values)
+    half = 1.96 * values.std() / np.sqrt(values.size)   # the bootstrap resamples the sample: its sd, ddof 0
+    assert interval.mean == pytest.approx(values.mean(), abs=1e-12)
+    assert interval.low == pytest.approx(values.mean() - half, abs=0.05 * half)
+    assert interval.high == pytest.approx(values.mean() + half, abs=0.05 * half)
+
+
+def test_confidence_level_and_seed_are_honoured():
+    values = np.random.default_rng(1).exponential(size=50)
+    wide, narrow = mean_interval(values, confidence=0.99), mean_interval(values, confidence=0.5)
+    assert wide.low < narrow.low < narrow.high < wide.high
+    assert mean_interval(values) == mean_interval(values)
+    assert mean_interval(values, seed=1) != mean_interval(values, seed=2)
+
+
+def test_one_image_or_a_non_finite_value_leaves_the_interval_undefined():
+    one = mean_interval([31.2])
+    assert (one.mean, one.low, one.high, one.defined) == (31.2, None, None, False)
+    exact = mean_interval([30.0, float("inf")])      # PSNR of an exact match
+    assert exact.mean == float("inf") and not exact.defined
+
+
+def test_rows_of_a_2d_input_share_the_resampled_images():
+    values = np.random.default_rng(2).normal(size=(3, 25))
+    means = bootstrap_means(values, resamples=500)
+    assert means.shape == (3, 500)
+    for row in range(3):
+        np.testing.assert_allclose(means[row], bootstrap_means(values[row], resamples=500), rtol=0, atol=1e-12)
+
+
+def test_paired_difference_of_a_constant_shift_is_exact_while_the_rows_vary_widely():
+    a = np.random.default_rng(3).normal(28.0, 3.0, size=30)
+    diff = paired_difference(a, a - 0.5)
+    assert diff.mean == pytest.approx(0.5) and diff.low == pytest.approx(0.5) and diff.high == pytest.approx(0.5)
+    row = mean_interval(a)
+    assert row.high - row.low > 1.0                   # unpaired intervals would never resolve 0.5 dB
+
+
+def test_paired_difference_matches_scipy_paired_bootstrap():
+    rng = np.random.default_rng(4)
+    image_difficulty = rng.normal(28.0, 3.0, size=200)
+    a = image_difficulty + rng.normal(0.3, 0.4, size=200)
+    b = image_difficulty + rng.normal(0.0, 0.4, size=200)
+    ours = paired_difference(a, b)
+    theirs = scipy.stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), paired=True,
+                                   n_resamples=statistics.RESAMPLES, confidence_level=0.95, method="percentile",
+                                   rng=np.random.default_rng(99)).confidence_interval
+    width = theirs.high - theirs.low
+    assert ours.mean == pytest.approx(a.mean() - b.mean())
+    assert ours.low == pytest.approx(theirs.low, abs=0.05 * width)
+    assert ours.high == pytest.approx(theirs.high, abs=0.05 * width)
+    assert ours.high - ours.low < 0.2 * (mean_interval(a).high - mean_interval(a).low)
+
+
+def test_paired_difference_needs_one_value_per_image_in_both_rows():
+    with pytest.raises(ValueError, match="3 and 2"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_interval([])
+
+
+def _row(method, psnr, images=("a", "b", "c", "d")):
+    return {"method": method, "per_image": [{"image": n, "psnr": p, "ssim": 0.5 + p / 100, "lpips": None}
+                                            for n, p in zip(images, psnr)]}
+
+
+def test_add_intervals_fills_intervals_and_differences_to_the_reference():
+    rows = [_row("input (LQ)", [20.0, 22.0, 21.0, 25.0]), _row("nafnet", [27.0, 29.5, 28.0, 31.0])]
+    add_intervals(rows, reference="input (LQ)")
+    assert rows[0]["difference"] is None and rows[1]["difference"]["reference"] == "input (LQ)"
+    assert rows[1]["psnr_ci"] == [mean_interval([27.0, 29.5, 28.0, 31.0]).low,
+                                  mean_interval([27.0, 29.5, 28.0, 31.0]).high]
+    want = paired_difference([27.0, 29.5, 28.0, 31.0], [20.0, 22.0, 21.0, 25.0]).as_dict()
+    assert rows[1]["difference"]["psnr"] == want and want["mean"] == pytest.approx(6.875)
+    assert rows[1]["lpips_ci"] is None and "lpips" not in rows[1]["difference"]   # LPIPS unavailable
+
+
+def test_add_intervals_refuses_an_unknown_reference_or_unpaired_rows():
+    rows = [_row("input (LQ)", [20.0] * 4), _row("nafnet", [27.0] * 4)]
+    with pytest.raises(ValueError, match=r"'sde' is not a row; rows: input \(LQ\), nafnet"):
+        add_intervals(rows, reference="sde")
+    rows.append(_row("other", [1.0] * 4, images=("a", "b", "c", "e")))
+    with pytest.raises(ValueError, match="different images"):
+        add_intervals(rows, reference="nafnet")
