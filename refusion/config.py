@@ -124,6 +124,7 @@ class DatasetConfig:
     max_images: Optional[int] = _field(None, check=AT_LEAST_ONE)
     stereo: bool = False      # <id>_L / <id>_R pairs, stacked left-then-right on channels (StereoNAFNet)
     lens: Optional[str] = None   # bokeh: meta.txt of [src_lens, tgt_lens, disparity] per image (BokehNAFNet)
+    lens_swap: bool = False      # bokeh training: the official use_swap augmentation (needs lens)
 
 
 @dataclass(kw_only=True)
@@ -506,6 +507,9 @@ def _check_lens(recipe: Recipe, ctx: _Context) -> None:
         if not bokeh_net and section.lens is not None:
             ctx.fail(f"{key}.lens", f"{key}.lens is set but model.name is {recipe.model.name!r}: lens information "
                                     f"is embedded by BokehNAFNet only (for another network give it as data cond)")
+        if section.lens_swap and (section.lens is None or key != "data.train"):
+            ctx.fail(f"{key}.lens_swap", f"{key}.lens_swap exchanges source and target of training pairs: it belongs "
+                                         f"to data.train, next to data.train.lens")
 
 
 def _check_cond(recipe: Recipe, ctx: _Context) -> None:

@@ -12,7 +12,7 @@ import refusion
 from refusion.cli import evaluate as evaluate_cli
 from refusion.cli import import_official as import_cli
 from refusion.cli import restore as restore_cli
-from refusion.config import load_recipe
+from refusion.config import RecipeError, load_recipe
 from refusion.data import degradations
 from refusion.data.image_io import read_image
 from refusion.data.lens import (
@@ -145,6 +145,32 @@ def test_dataset_items_carry_the_lens_information_through_crops(dataset):
     assert batch["lens_info"].shape == (3, 3) and batch["lens_info"].dtype == torch.float32
     for name, row in zip(batch["name"], batch["lens_info"]):
         assert row.tolist() == pytest.approx(list(table[name]))
+
+
+def test_lens_swap_serves_all_in_focus_pairs_the_other_way_round_half_the_time(dataset):
+    """The official use_swap: only a pair with an all-in-focus lens (ihc_000: Sony f/16 source) is ever
+    swapped, then exactly (GT <-> LQ, src <-> tgt lens); every other draw is that of the plain dataset."""
+    folders = (dataset / "train" / "gt", dataset / "train" / "lq")
+    common = dict(gt_size=16, use_flip=True, use_rot=True, lens=dataset / "train" / "meta.txt", seed=0)
+    plain, swapping = PairedImageDataset(*folders, **common), PairedImageDataset(*folders, **common, lens_swap=True)
+    swaps = {}
+    for epoch in range(8):
+        plain.set_epoch(epoch), swapping.set_epoch(epoch)
+        for index in range(len(plain)):
+            a, b = plain[index], swapping[index]
+            swapped = not torch.equal(a["gt"], b["gt"])
+            if swapped:
+                assert torch.equal(b["gt"], a["lq"]) and torch.equal(b["lq"], a["gt"])
+                assert b["lens_info"].tolist() == a["lens_info"][[1, 0, 2]].tolist()
+            else:
+                assert torch.equal(b["lq"], a["lq"]) and torch.equal(b["lens_info"], a["lens_info"])
+            swaps.setdefault(a["name"], []).append(swapped)
+    assert 0 < sum(swaps.pop("ihc_000")) < 8
+    assert not any(any(flags) for flags in swaps.values())
+    with pytest.raises(ValueError, match="lens_swap .* needs lens=meta.txt"):
+        PairedImageDataset(*folders, lens_swap=True)
+    with pytest.raises(RecipeError, match="data.val.lens_swap"):
+        _quickstart(dataset, dataset / "unused", "data.val.lens_swap=true")
 
 
 def test_a_pair_without_lens_information_is_named(dataset, tmp_path):

@@ -26,13 +26,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["LensInfo", "LensMetadataError", "LENS_INFO_KEYS", "LENS_SCALE", "MAX_F_NUMBER", "lens_value",
+__all__ = ["LensInfo", "LensMetadataError", "LENS_INFO_KEYS", "LENS_SCALE", "MAX_F_NUMBER", "ALL_IN_FOCUS", "lens_value",
            "lens_info", "read_lens_metadata", "lens_info_for", "lens_id", "format_lens_line", "lens_batch",
            "lens_arguments"]
 
 LENS_INFO_KEYS = ("src_lens", "tgt_lens", "disparity")
 LENS_SCALE = 10.0            # official lenstr2tensor(lens, scale=10.)
 MAX_F_NUMBER = 64.0          # the smallest aperture of ordinary photographic lenses
+ALL_IN_FOCUS = 100.0         # an encoded lens above this (Sony f/10 and narrower) renders all in focus (official use_swap)
 LENS_MAKERS = {"canon": -1.0, "sony": 1.0}   # the official encoding's sign of each maker
 _LENS_NAME = re.compile(r"^(canon|sony)50mmf([0-9]*\.?[0-9]+)(bs)?$", re.IGNORECASE)
 

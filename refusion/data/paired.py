@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from refusion.data.image_io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, read_image_raw
-from refusion.data.lens import lens_info_for, read_lens_metadata
+from refusion.data.lens import ALL_IN_FOCUS, lens_info_for, read_lens_metadata
 
 __all__ = ["PairedImageDataset", "find_pairs", "find_stereo_pairs", "stereo_groups", "load_condition_vectors"]
 
@@ -193,7 +193,10 @@ class PairedImageDataset(torch.utils.data.Dataset):
     repeats the vector over the LQ crop, so that every network takes `cond` as extra channels.
     `lens` (bokeh, the official formulation): a ``meta.txt`` of lens information (refusion.data.lens);
     items then carry `"lens_info"`, the float32 (3,) [src_lens, tgt_lens, disparity] of the pair,
-    which crops and flips leave as it is.
+    which crops and flips leave as it is. `lens_swap` (the official `use_swap`, training crops only): with
+    p = 0.5, a pair whose source or target lens is all in focus (encoded > ALL_IN_FOCUS) is served the
+    other way round, GT as LQ and LQ as GT with the two lenses exchanged, so the network also learns to
+    take the blur away.
 
     Training: `gt_size` random aligned crops (LQ crop `gt_size // scale` at the same place),
     `use_flip` (horizontal and vertical, each with p = 0.5) and `use_rot` (rotation by k * 90
@@ -220,6 +223,7 @@ class PairedImageDataset(torch.utils.data.Dataset):
         max_pixels: int | None = MAX_IMAGE_PIXELS,
         stereo: bool = False,
         lens: str | os.PathLike | None = None,
+        lens_swap: bool = False,
     ):
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"PairedImageDataset: scale={scale!r}, expected an integer >= 1")
@@ -235,7 +239,10 @@ class PairedImageDataset(torch.utils.data.Dataset):
                              "between the views vertical; use flips only")
         if stereo and cond is not None:
             raise ValueError("PairedImageDataset: stereo=True carries the partner view itself; cond must be None")
-        self.stereo = bool(stereo)
+        if lens_swap and (lens is None or scale != 1):
+            raise ValueError("PairedImageDataset: lens_swap exchanges the source and target images and lenses; it "
+                             f"needs lens=meta.txt and images of equal size (got lens={lens!r}, scale={scale})")
+        self.stereo, self.lens_swap = bool(stereo), bool(lens_swap)
         self.pairs = (find_stereo_pairs(gt, lq) if stereo else find_pairs(gt, lq))[:max_images]
         self.cond_images: dict[str, Path] | None = None
         self.cond_vectors: dict[str, np.ndarray] | None = None
@@ -309,23 +316,30 @@ class PairedImageDataset(torch.utils.data.Dataset):
         if self.gt_size is not None and min(gh, gw) < self.gt_size:
             raise ValueError(f"GT '{gt_path}' is {gw}x{gh}, smaller than gt_size={self.gt_size}")
 
-    def _draws(self, index: int, lq_height: int, lq_width: int, lq_size: int) -> tuple[int, int, bool, bool, int]:
-        """(top, left, hflip, vflip, quarter turns) of one item."""
-        spans = (lq_height - lq_size + 1, lq_width - lq_size + 1, 2, 2, 4)
+    def _draws(self, index: int, lq_height: int, lq_width: int, lq_size: int
+               ) -> tuple[int, int, bool, bool, int, bool]:
+        """(top, left, hflip, vflip, quarter turns, lens swap) of one item."""
+        # the swap coin comes last and only with lens_swap: the other draws stay those of a dataset without it
+        spans = (lq_height - lq_size + 1, lq_width - lq_size + 1, 2, 2, 4) + ((2,) if self.lens_swap else ())
         if self.seed is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            top, left, hflip, vflip, turns = (int(rng.integers(span)) for span in spans)
+            top, left, hflip, vflip, turns, *swap = (int(rng.integers(span)) for span in spans)
         else:
-            top, left, hflip, vflip, turns = (int(torch.randint(span, ())) for span in spans)
-        return top, left, bool(hflip and self.use_flip), bool(vflip and self.use_flip), turns if self.use_rot else 0
+            top, left, hflip, vflip, turns, *swap = (int(torch.randint(span, ())) for span in spans)
+        return (top, left, bool(hflip and self.use_flip), bool(vflip and self.use_flip),
+                turns if self.use_rot else 0, bool(swap and swap[0]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.pairs):
             raise IndexError(f"PairedImageDataset index {index} out of range for {len(self.pairs)} pairs")
         gt, lq, cond = self._cache[index] if self._cache is not None else self._load(index)
+        lens = None if self.lens_info is None else self.lens_info[index].clone()
         if self.gt_size is not None:
             lq_size, s = self.gt_size // self.scale, self.scale
-            top, left, hflip, vflip, turns = self._draws(index, lq.shape[0], lq.shape[1], lq_size)
+            top, left, hflip, vflip, turns, swap = self._draws(index, lq.shape[0], lq.shape[1], lq_size)
+            if swap and bool((lens[:2] > ALL_IN_FOCUS).any()):
+                # the official use_swap: a pair with an all-in-focus side also teaches the way back
+                gt, lq, lens = lq, gt, lens[[1, 0, 2]]
             gt = gt[top * s:(top + lq_size) * s, left * s:(left + lq_size) * s]
             lq = lq[top:top + lq_size, left:left + lq_size]
             cond = None if cond is None else cond[top:top + lq_size, left:left + lq_size]
@@ -336,8 +350,8 @@ class PairedImageDataset(torch.utils.data.Dataset):
         elif self.cond_vectors is not None:
             vector = torch.from_numpy(self.cond_vectors[item["name"]])
             item["cond"] = vector[:, None, None].expand(-1, lq.shape[0], lq.shape[1]).contiguous()
-        if self.lens_info is not None:
-            item["lens_info"] = self.lens_info[index].clone()
+        if lens is not None:
+            item["lens_info"] = lens
         return item
 
 

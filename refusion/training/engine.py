@@ -252,7 +252,7 @@ def _train_loader(run: _Run, position: int):
     cfg, acc = run.recipe.data.train, run.accelerator
     dataset = PairedImageDataset(cfg.gt, cfg.lq, gt_size=cfg.gt_size, use_flip=cfg.use_flip,
                                  use_rot=cfg.use_rot, cond=cfg.cond, max_images=cfg.max_images, stereo=cfg.stereo,
-                                 lens=cfg.lens)
+                                 lens=cfg.lens, lens_swap=cfg.lens_swap)
     return stream_loader(dataset, seed=run.recipe.seed, start=position, batch_size=run.recipe.train.batch_size,
                          rank=acc.process_index, world_size=acc.num_processes,
                          num_workers=run.recipe.data.num_workers)
