@@ -91,6 +91,34 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
 
 
+def test_written_files_get_the_umask_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = write_image(tmp_path / "shared.png", random_uint8())
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask   # not the 0o600 of a private temp file
+
+
+def test_a_killed_writer_leaves_only_a_partial_file_that_cleanup_removes(tmp_path):
+    from refusion.data.image_io import atomic_output, remove_partial_files
+
+    target = tmp_path / "a.png"
+    write_image(tmp_path / "b.png", random_uint8())
+    writing = atomic_output(target)
+    tmp = writing.__enter__()          # the process dies inside the block: no __exit__, no rename
+    tmp.write_bytes(b"half an image")
+    assert not target.exists() and tmp.parent == tmp_path and tmp.name.startswith(".a.png.")
+    (tmp_path / ".a.png.hidden").write_bytes(b"not ours")
+    assert remove_partial_files(tmp_path, names=["b.png"]) == []
+    assert remove_partial_files(tmp_path) == [tmp]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.hidden", "b.png"]
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png.hidden", "a.png", "b.png"]
+
+
 def test_unicode_and_spaces_in_paths(tmp_path):
     samples = random_uint8()
     for suffix, depth in ((".png", 8), (".png", 16), (".tif", 16), (".jpg", 8)):

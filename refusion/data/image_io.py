@@ -11,10 +11,13 @@ only the top 8 bits of each sample) and tifffile for 16-bit colour TIFF (same re
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +26,10 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm")
 # Largest image read_image accepts unless told otherwise; 6000x4000 (24 MP) fits with room to spare.
 MAX_IMAGE_PIXELS = 200_000_000
+
+# Temporaries of atomic_output: ".<target name>.<8 hex digits>.partial"
+PARTIAL_SUFFIX = ".partial"
+_PARTIAL_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
@@ -343,16 +350,49 @@ def write_image(path: str | os.PathLike, array: np.ndarray, bit_depth: int = 8, 
     if bit_depth == 16 and suffix in (".jpg", ".jpeg"):
         raise ValueError(f"write_image: JPEG holds 8 bits only; bit_depth=16 asked for '{path}'")
     samples = _quantise(np.asarray(array), bit_depth)
+    with atomic_output(path) as tmp:
+        _encode(tmp, samples, suffix, quality)
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write; renamed onto `path` when the block ends,
+    removed when it raises.
+
+    Readers never see a partly written file under the final name: a killed process leaves only a hidden
+    ``.<name>.<8 hex digits>.partial`` file, which `remove_partial_files` clears and no image listing
+    picks up. The file gets the usual permissions (0o666 less the umask), as a plain ``open`` would.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # O_EXCL: never another's file
     try:
-        _encode(Path(tmp), samples, suffix, quality)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def remove_partial_files(folder: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporaries that `atomic_output` left in `folder` (not its subfolders) when its process
+    was killed: those of the target file `names`, or all of them. Returns the files removed.
+
+    Only for a folder no running process is writing into: a live writer's temporary would go too.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    targets = None if names is None else set(names)
+    removed = []
+    for entry in folder.iterdir():
+        match = _PARTIAL_NAME.fullmatch(entry.name)
+        if match and (targets is None or match.group(1) in targets) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return sorted(removed)
 
 
 def _quantise(array: np.ndarray, bit_depth: int) -> np.ndarray:
