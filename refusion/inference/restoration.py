@@ -3,7 +3,9 @@
 Takes a tensor, numpy array or PIL image and returns the same kind (like ``refusion.sample``),
 optionally tile by tile, with the test-time local converter (TLC) for networks with global
 pooling, and with ``half=True`` at bfloat16 (CPU) / float16 (CUDA) channels_last weights
-(refusion.inference.precision). A NaN/Inf output raises FloatingPointError.
+(refusion.inference.precision). A NaN/Inf output raises FloatingPointError. ``self_ensemble``
+averages the 8 flips and rotations (refusion.inference.ensemble), ``color_fix`` gives the result
+the input's colours (refusion.inference.color_fix).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from diffusers import DiffusionPipeline
 from refusion.data.inputs import from_batch, to_batch
 from refusion.inference.loading import default_tlc, load_regressor, run_train_patch, spatial_multiple
 from refusion.inference.allocator import tune_malloc_for
+from refusion.inference.color_fix import apply_color_fix, check_color_fix
+from refusion.inference.ensemble import check_ensemble_network, ensemble_mean
 from refusion.inference.precision import InferenceNetwork, check_finite, to_float32
 from refusion.inference.tiling import tiled_apply, validate_tiling
 
@@ -38,6 +42,8 @@ def restore(
     *,
     tile_overlap: int = 32,
     half: bool = False,
+    self_ensemble: bool = False,
+    color_fix: str | None = None,
 ) -> Any:
     """Restore ``lq`` with a deterministic regressor (NAFNet, Baseline, HINet, NAFFT-Net).
 
@@ -48,10 +54,16 @@ def restore(
     inference.json (an imported official ...Local model has TLC on), False switches it off.
     ``half``: the network runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights
     (refusion.inference.precision); the output is float32.
+    ``self_ensemble``: the mean over the 8 flips and 90-degree rotations of the image of the network's
+    output mapped back (exactly 8 network calls; with ``tile_size`` each transformed image is tiled,
+    see refusion.inference.ensemble); refused for stereo networks.
+    ``color_fix``: None (off), "adain" or "wavelet": the result gets the per-channel colour
+    statistics / low frequencies of ``lq`` (refusion.inference.color_fix), then is clamped to [0, 1].
     Same input/output conventions as ``refusion.sample``.
     """
     if model is None:
         raise ValueError(_NO_MODEL_REGRESSOR)
+    check_color_fix(color_fix)
     train_patch = None
     if isinstance(model, (str, Path)):
         train_patch = run_train_patch(Path(model))
@@ -71,6 +83,8 @@ def restore(
         x = x.to(params[0].device if params else (device or x.device))
     tune_malloc_for(x.device)
     multiple = spatial_multiple(model)
+    if self_ensemble:
+        check_ensemble_network(model)
     if tile_size is not None:
         validate_tiling(tile_size, tile_overlap, multiple)
     from refusion.models import final_output
@@ -84,8 +98,15 @@ def restore(
         def run(tile: torch.Tensor) -> torch.Tensor:
             return to_float32(final_output(net(tile)))
 
-        out = tiled_apply(run, x, tile_size, tile_overlap, multiple, progress=progress) if tile_size else run(x)
+        def whole(image: torch.Tensor) -> torch.Tensor:
+            if tile_size:
+                return tiled_apply(run, image, tile_size, tile_overlap, multiple, progress=progress)
+            return run(image)
+
+        # self-ensemble: each transformed whole image is tiled on its own grid
+        out = ensemble_mean(whole, [x]) if self_ensemble else whole(x)
         check_finite(out, f"the output of the {type(model).__name__} network", half)
+        out = apply_color_fix(out.clamp(0.0, 1.0), x, color_fix)
     return from_batch(out.clamp(0.0, 1.0), kind)
 
 

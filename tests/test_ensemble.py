@@ -1,0 +1,143 @@
+"""x8 self-ensemble (refusion.inference.ensemble) in refusion.restore and refusion.sample, and the colour fix
+in both: exact call counts, a hand-written loop over the 8 transforms, tiling of non-square images, TLC,
+the SDE's shared noise field, reproducibility, stereo refusal."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import refusion
+from refusion.inference.color_fix import apply_color_fix
+from refusion.inference.ensemble import ENSEMBLE_SIZE, dihedral, undo_dihedral
+from refusion.inference.tiling import tile_layout
+from refusion.schedulers.ir_sde import IRSDEScheduler
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+# the 8 transforms written out by hand (forward, inverse), independent of refusion.inference.ensemble
+HAND = [
+    (lambda x: x, lambda y: y),
+    (lambda x: torch.rot90(x, 1, (2, 3)), lambda y: torch.rot90(y, 3, (2, 3))),
+    (lambda x: torch.rot90(x, 2, (2, 3)), lambda y: torch.rot90(y, 2, (2, 3))),
+    (lambda x: torch.rot90(x, 3, (2, 3)), lambda y: torch.rot90(y, 1, (2, 3))),
+    (lambda x: x.flip(2), lambda y: y.flip(2)),
+    (lambda x: x.flip(3), lambda y: y.flip(3)),                                  # = rot180 of a flip
+    (lambda x: x.transpose(2, 3), lambda y: y.transpose(2, 3)),
+    (lambda x: x.flip(2).flip(3).transpose(2, 3), lambda y: y.transpose(2, 3).flip(3).flip(2)),
+]
+
+
+class CountingRegressor(torch.nn.Module):
+    """A local (3x3), orientation-dependent toy regressor that counts its calls."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x + 0.3 * torch.tanh(self.conv(x))
+
+
+class CountingNoise(torch.nn.Module):
+    """A local, orientation-dependent toy noise network net(x_t, mu, t) that counts its calls."""
+
+    def __init__(self, equivariant: bool = False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+        if equivariant:       # a kernel with the symmetries of the square: the network commutes with all 8
+            with torch.no_grad():
+                w = self.conv.weight
+                w.copy_(sum(dihedral(w, k) for k in range(ENSEMBLE_SIZE)) / ENSEMBLE_SIZE)
+        self.calls = 0
+
+    def forward(self, x_t, mu, t, cond=None):
+        self.calls += 1
+        return torch.tanh(self.conv(torch.cat([x_t, mu], 1))) + 0.01 * t.float()[:, None, None, None]
+
+
+def _image(height=24, width=40, batch=1, seed=0):
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_dihedral_transforms_are_the_eight_and_undo_inverts_them():
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    seen = [dihedral(x, k) for k in range(ENSEMBLE_SIZE)]
+    assert len({tuple(t.flatten().tolist()) + tuple(t.shape) for t in seen}) == ENSEMBLE_SIZE
+    assert {tuple(t.shape) for t in seen} == {(1, 2, 3, 4), (1, 2, 4, 3)}
+    hand = {tuple(f(x).flatten().tolist()) + tuple(f(x).shape) for f, _ in HAND}
+    assert hand == {tuple(t.flatten().tolist()) + tuple(t.shape) for t in seen}
+    for k in range(ENSEMBLE_SIZE):
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+    with pytest.raises(ValueError, match="transform index must be an int in 0..7"):
+        dihedral(x, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# refusion.restore
+
+
+def _hand_ensemble(net, x):
+    with torch.no_grad():
+        return sum(inv(net(f(x))) for f, inv in HAND) / len(HAND)
+
+
+def test_restore_self_ensemble_is_eight_calls_of_the_hand_written_mean():
+    net, x = CountingRegressor(), _image()
+    expected = _hand_ensemble(net, x).clamp(0, 1)
+    plain = refusion.restore(x, model=net, progress=False)
+    net.calls = 0
+    out = refusion.restore(x, model=net, progress=False, self_ensemble=True)
+    assert net.calls == ENSEMBLE_SIZE
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert (out - plain).abs().max() > 1e-3         # the toy network depends on the orientation
+
+
+def test_restore_self_ensemble_tiles_each_transformed_non_square_image():
+    net, x = CountingRegressor(), _image(24, 40)
+    # a 3x3 network is local: tiles with overlap 8 (zero weight on overlap // 4 = 2 >= its radius) equal the whole
+    tiles = {shape: len(tile_layout(*shape, 16, 8, 8)) for shape in ((24, 40), (40, 24))}
+    assert tiles[(24, 40)] != tiles[(40, 24)] or tiles[(24, 40)] > 1
+    out = refusion.restore(x, model=net, progress=False, self_ensemble=True, tile_size=16, tile_overlap=8)
+    assert net.calls == 4 * tiles[(24, 40)] + 4 * tiles[(40, 24)]
+    torch.testing.assert_close(out, _hand_ensemble(net, x).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_restore_self_ensemble_composes_with_tlc():
+    from refusion.models.nafnet import NAFNet, local_pooling
+
+    torch.manual_seed(0)
+    net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+    with torch.no_grad():
+        for block in net.modules():
+            if hasattr(block, "beta"):
+                block.beta.fill_(0.3)
+                block.gamma.fill_(0.3)
+    x = _image(24, 40)
+    with local_pooling(net, (8, 8)):
+        expected = _hand_ensemble(net, x).clamp(0, 1)
+    out = refusion.restore(x, model=net, progress=False, self_ensemble=True, tlc=8)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert (out - refusion.restore(x, model=net, progress=False, self_ensemble=True)).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_restore_color_fix_is_the_fix_of_the_clamped_result_toward_the_input(method):
+    net, x = CountingRegressor(), _image()
+    plain = refusion.restore(x, model=net, progress=False)
+    fixed = refusion.restore(x, model=net, progress=False, color_fix=method)
+    torch.testing.assert_close(fixed, apply_color_fix(plain, x, method).clamp(0, 1), atol=1e-6, rtol=0)
+    assert (fixed - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="color_fix must be None"):
+        refusion.restore(x, model=net, progress=False, color_fix="histogram")
+
+
+def test_self_ensemble_refuses_stereo_networks():
+    from refusion.models.stereo_nafnet import StereoNAFNet
+
+    net = StereoNAFNet(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
+    with pytest.raises(ValueError, match="not available for the stereo network StereoNAFNet.*epipolar"):
+        refusion.restore(torch.rand(1, 6, 16, 16), model=net, progress=False, self_ensemble=True)
