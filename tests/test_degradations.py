@@ -27,7 +27,8 @@ def test_shape_range_and_determinism(task):
     assert first.shape == image.shape and first.dtype == np.float32
     assert first.min() >= 0 and first.max() <= 1
     np.testing.assert_array_equal(first, D.degrade(task, image, rng(1)))
-    assert not np.array_equal(first, D.degrade(task, image, rng(2)))
+    # a random degradation depends on the generator; a deterministic one (sr) must not
+    assert np.array_equal(first, D.degrade(task, image, rng(2))) == (task in D.DETERMINISTIC)
     assert np.abs(first - image).mean() > 1e-3
 
 
@@ -112,3 +113,20 @@ def test_parameter_and_input_validation():
         D.noise((photo() * 255).astype(np.uint8), rng())
     with pytest.raises(ValueError, match="unknown degradation 'fog'"):
         D.degrade("fog", photo(), rng())
+
+
+def test_sr_is_bicubic_down_then_up_and_keeps_only_low_frequencies():
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    image = photo(size=96)
+    out = D.downscale(image, rng(0), scale=4)
+    small = np.stack([np.asarray(Image.fromarray(image[:, :, c], mode="F").resize((24, 24), Image.Resampling.BICUBIC))
+                      for c in range(3)], axis=2)
+    expected = F.interpolate(torch.from_numpy(small).permute(2, 0, 1)[None], scale_factor=4, mode="bicubic")
+    np.testing.assert_allclose(out, np.clip(expected[0].permute(1, 2, 0).numpy(), 0, 1), atol=1e-6)
+    detail = lambda img: np.abs(np.diff(img, axis=1)).mean()  # noqa: E731
+    assert detail(out) < 0.8 * detail(image) and abs(out.mean() - image.mean()) < 5e-3
+    with pytest.raises(ValueError, match="scale=3 must be an integer >= 2 dividing the image size 95x96"):
+        D.downscale(image[:, :95], rng(0), scale=3)

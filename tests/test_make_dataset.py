@@ -109,5 +109,5 @@ def test_command_line(tmp_path, capsys):
     assert "haze: 9 train / 1 val / 2 test pairs of 32x32" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.parse_args(["--task", "fog", "--out", str(tmp_path)])
-    assert cli.parse_args(["--tasks", "all", "--out", "x"]).tasks == ["shadow", "noise", "blur", "haze", "rain", "lowlight",
+    assert cli.parse_args(["--tasks", "all", "--out", "x"]).tasks == ["shadow", "noise", "blur", "haze", "rain", "lowlight", "sr",
                                                                       "bokeh"]

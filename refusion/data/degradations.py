@@ -12,6 +12,8 @@ are on the 0-255 scale as in the papers.
     haze       atmospheric scattering I*t + A*(1-t) with a smooth, spatially varying transmission t
     rain       bright rain streaks blended with a screen blend
     low_light  gamma + exposure scale + sensor noise
+    sr         super-resolution input: bicubic downscale by `scale`, then bicubic upscale to the
+               original size, as the official IR-SDE sisr setting feeds the network (deterministic)
 
 Rendering tasks change the clean image on both sides of the pair and describe how (``RENDERINGS``):
 `f(image, rng, **params) -> (lq, gt, metadata)`.
@@ -233,6 +235,24 @@ def bokeh(image: np.ndarray, rng: np.random.Generator, *, disparity: Param = (10
     return render_lens(image, subject, src, level), render_lens(image, subject, tgt, level), (src, tgt, level)
 
 
+def downscale(image: np.ndarray, rng: np.random.Generator, *, scale: int = 4) -> np.ndarray:
+    """Bicubic downscale by ``scale`` (antialiased, as MATLAB's imresize makes the official training LQ),
+    then bicubic upscale back to the input size (the official sisr ``util.upscale``, i.e. torch's
+    ``F.interpolate(mode="bicubic")``), so LQ and GT have one size. ``rng`` is unused: the degradation
+    is deterministic."""
+    import torch
+    import torch.nn.functional as F
+
+    image = _check_image(image)
+    height, width = image.shape[:2]
+    if not isinstance(scale, int) or scale < 2 or height % scale or width % scale:
+        raise ValueError(f"downscale: scale={scale!r} must be an integer >= 2 dividing the image size {width}x{height}")
+    small = np.stack([np.asarray(Image.fromarray(image[:, :, c], mode="F").resize(
+        (width // scale, height // scale), Image.Resampling.BICUBIC)) for c in range(3)], axis=2)
+    up = F.interpolate(torch.from_numpy(small).permute(2, 0, 1)[None], scale_factor=scale, mode="bicubic")
+    return _finish(up[0].permute(1, 2, 0).numpy())
+
+
 DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
     "shadow": shadow,
     "noise": noise,
@@ -240,7 +260,10 @@ DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
     "haze": haze,
     "rain": rain,
     "lowlight": low_light,
+    "sr": downscale,
 }
+# degradations that draw nothing from rng: the same image always gives the same result
+DETERMINISTIC = ("sr",)
 
 
 RENDERINGS: dict[str, Callable[..., tuple]] = {
