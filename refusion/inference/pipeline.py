@@ -38,6 +38,8 @@ from refusion.data.lens import lens_arguments, lens_batch
 from refusion.inference.loading import (REGRESSOR_NAMES, is_unconditional, load_network, network_channels, own_memory,
                                         read_run_task, spatial_multiple, weights_dir)
 from refusion.inference.allocator import tune_malloc_for
+from refusion.inference.ensemble import (check_ensemble_network, ensemble_predict, mean_over_ensemble,
+                                         repeat_for_ensemble, shared_noise)
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
@@ -106,6 +108,7 @@ def sde_sample(
     progress: Callable[[Sequence[int]], Any] = lambda steps: steps,
     half: bool = False,
     lens_info: Any = None,
+    self_ensemble: bool = False,
 ) -> torch.Tensor:
     """Run the reverse SDE from x_T = mu + lambda*z; returns x_0 (not clamped).
 
@@ -124,14 +127,22 @@ def sde_sample(
     "first bad step" index (one elementwise pass, no host sync) and the host reads it once, with
     the finiteness of the final state, after the loop. The cost is the wasted remaining steps when
     the output goes bad early, against a synchronisation per step otherwise.
+
+    ``self_ensemble``: 8 trajectories, one per flip/rotation of the network's inputs, sharing the
+    noise a plain run draws, averaged at the end (refusion.inference.ensemble): 8 network calls a step.
     """
     batch = mu.shape[0]
     _check_generator(generator, batch)
+    if self_ensemble:
+        check_ensemble_network(noise_fn)
     lens = _lens_arguments(noise_fn, lens_info, batch, mu.device)   # per image: the same for every tile
     scheduler.set_timesteps(num_inference_steps)          # timesteps stay on the host: Python ints below
     steps = [int(t) for t in scheduler.timesteps]
     x = scheduler.initial_sample(mu, generator=generator)
     inputs = [mu] if cond is None else [mu, cond]
+    state_mu = mu
+    if self_ensemble:        # the 8 trajectories stay in the original frame, transform-major in the batch
+        x, state_mu = repeat_for_ensemble(x), repeat_for_ensemble(mu)
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
     # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
     net = InferenceNetwork(noise_fn, mu.device, half=half)
@@ -147,20 +158,23 @@ def sde_sample(
             out = net(x_t, mu_t, t_batch) if cond_t is None else net(x_t, mu_t, t_batch, cond=cond_t)
             return to_float32(out)
 
-        if tile_size:
-            noise_pred = tiled_apply(predict, [x, *inputs], tile_size, tile_overlap, multiple)
-        else:
-            noise_pred = predict(x, *inputs)
+        def apply(x_t, *inputs_t):
+            if tile_size:
+                return tiled_apply(predict, [x_t, *inputs_t], tile_size, tile_overlap, multiple)
+            return predict(x_t, *inputs_t)
+
+        noise_pred = ensemble_predict(apply, x, inputs) if self_ensemble else apply(x, *inputs)
         bad = ~torch.isfinite(noise_pred).all()
         first_bad = torch.where(bad & (first_bad < 0), index, first_bad)
-        x = scheduler.step(noise_pred, t, x, mu=mu, generator=generator).prev_sample
+        noise = shared_noise(mu, generator) if self_ensemble else None     # one draw for all 8, as a plain run
+        x = scheduler.step(noise_pred, t, x, mu=state_mu, generator=generator, variance_noise=noise).prev_sample
     bad_index = int(first_bad)                                           # the one host sync
     if bad_index >= 0:
         raise FloatingPointError(
             f"the noise network returned NaN or Inf at sampling step {bad_index + 1} of {len(steps)} "
             f"(timestep {steps[bad_index]}); {nonfinite_hint(half)}")
     check_finite(x, "the sampled image (final SDE state)", half)
-    return x
+    return mean_over_ensemble(x) if self_ensemble else x
 
 
 def _format_output(images: torch.Tensor, output_type: str):
