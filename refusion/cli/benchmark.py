@@ -31,6 +31,7 @@ from refusion.inference.allocator import tune_malloc
 from refusion.benchmarks.allocator import bench_allocator
 from refusion.benchmarks.block_ops import bench_block_ops
 from refusion.benchmarks.common import NETWORKS, bench_gemm
+from refusion.benchmarks.ensemble import bench_ensemble
 from refusion.benchmarks.half_path import bench_half_path
 from refusion.benchmarks.large_image import bench_large_image
 from refusion.benchmarks.layers import bench_layers
@@ -44,7 +45,7 @@ BENCHMARKS = {
     "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
     "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
     "allocator": bench_allocator, "block_ops": bench_block_ops, "layers": bench_layers,
-    "official": bench_official,
+    "official": bench_official, "ensemble": bench_ensemble,
 }
 
 
