@@ -25,6 +25,17 @@ overflow with --half) are reported and skipped, nothing is written for them; the
 exit status is 1 when any image failed (2 for usage errors). Inputs are never overwritten: the
 command refuses an output folder that is the input folder or where an output would replace an
 input file.
+
+Several processes (one per GPU, or CPU processes) share a folder under accelerate; each image is
+written once, by one process, exactly as a one-process run writes it (refusion/cli/restore_jobs.py):
+
+    accelerate launch tools/restore.py photos/ -o out/ --model runs/shadow --summary out/summary.json
+    accelerate launch -m refusion restore photos/ -o out/ --model runs/shadow --skip-existing
+
+Outputs are written to a hidden temporary file and renamed, so a killed run leaves no partial image
+under a final name; the next run removes its temporaries, and --skip-existing restores only the images
+whose outputs are missing. --summary FILE writes a JSON manifest of the run (settings, totals, per image
+input, output, process, seconds, status).
 """
 from __future__ import annotations
 
@@ -34,11 +45,16 @@ import sys
 import time
 from pathlib import Path
 
+from functools import partial
+
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from accelerate.utils import gather_object
 
-from refusion.data.image_io import IMAGE_EXTENSIONS, ImageReadError, image_bit_depth, read_image, write_image
+from refusion.cli import common
+from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest, prepare_output,
+                                       process_state, report, run_share, settings_of, write_summary)
+from refusion.data.image_io import IMAGE_EXTENSIONS, image_bit_depth, read_image, write_image
 from refusion.data.lens import LensInfo, LensMetadataError, lens_info, lens_info_for, read_lens_metadata
 from refusion.inference.pipeline import RefusionPipeline, load_pipeline, takes_lens_info
 from refusion.data.paired import stereo_groups
@@ -57,9 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help="an image file or a folder of images (not recursive)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--model", type=Path, required=True,
-                   help="run directory, saved pipeline/model directory, imported official folder, or an official "
-                        "checkpoint file (.pth: imported on the fly into ~/.cache/refusion/imported)")
     p.add_argument("--options", type=Path, default=None,
                    help="official option file of a checkpoint given as --model (needed for noise networks)")
     p.add_argument("--latent-weights", type=Path, default=None,
@@ -69,14 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "schedule=cosine eps=0.005")
     p.add_argument("--weights", choices=("model", "best"), default="model",
                    help="run weights: model (final) or best (best validation PSNR)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (sde models; default: all trained steps)")
     p.add_argument("--sampler", default=None, help="sde sampler override: sde, ode, posterior, mr_ode, mr_sde")
     p.add_argument("--eta", type=float, default=None, help="stochasticity of the posterior sampler (0..1)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: whole image)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--half", action="store_true", help="network in bfloat16 on CPU / float16 on CUDA")
     p.add_argument("--latent", choices=("auto", "on", "off"), default="auto",
                    help="latent (autoencoder) path for models that have one (default auto: large images)")
     tlc = p.add_mutually_exclusive_group()
@@ -90,7 +98,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lens.add_argument("--src-lens", default=None, help="source lens of every input, e.g. Sony50mmf16.0BS")
     lens.add_argument("--tgt-lens", default=None, help="target lens to render, e.g. Canon50mmf1.4BS")
     lens.add_argument("--disparity", default=None, help="disparity (blur strength) of every input, e.g. 35")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume an interrupted batch: skip the images whose outputs (both views of a stereo pair) "
+                        "are already in the output folder")
+    p.add_argument("--summary", type=Path, default=None, metavar="FILE",
+                   help="write a JSON manifest of the run: settings, totals, and per image its input, output, "
+                        "process, seconds and status (restored, failed with the reason, skipped-existing)")
+    common.add_shared(p, "model", "device", "threads", "steps", "seed", "tile", "half", "no-progress",
+                      model=dict(required=True, help="run directory, saved pipeline/model directory, imported official "
+                                                     "folder, or an official checkpoint file (.pth: imported on the "
+                                                     "fly into ~/.cache/refusion/imported)"),
+                      seed=dict(help="noise seed, the same for every image (default 0)"))
     return p.parse_args(argv)
 
 
@@ -214,25 +232,39 @@ def restore_one(kind: str, model, image, args, device: torch.device, lens: LensI
     return out.images[0]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device of --device, resolved by refusion.cli.common.resolve_device: "auto" (the
+    default) is the process's own GPU under accelerate launch, else CUDA when there is one, else the CPU."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {name!r}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
-    return device
+        return common.resolve_device(name or "auto")
+    except common.UsageError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path, ...], *, args,
+                device: torch.device, lenses: dict[Path, LensInfo] | None) -> None:
+    """Restore one job and write its outputs: a stereo pair goes through the network in one pass
+    (left then right on channels) and each view is written to its own file, at its input's bit depth."""
+    image = np.concatenate([read_image(src) for src in sources], axis=2)
+    restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]])
+    for view, src, dst in zip(np.split(restored, len(sources), axis=2), sources, targets):
+        bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
+        write_image(dst, view, bit_depth=bit_depth)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    common.set_threads(args.threads)
+    state = process_state()
     try:
         device = resolve_device(args.device)
         inputs = list_inputs(args.input)
         outputs = plan_outputs(inputs, args.output, args.input)
+        check_summary_path(args.summary, inputs, outputs)
         if args.tile is not None and args.tile < 1:
             raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
-        folder = model_folder(args)
+        with state.main_process_first():   # an official checkpoint is imported into the shared cache once
+            folder = model_folder(args)
         kind, model = load_model(folder, device, args.weights)
         args.tlc_size = False if args.no_tlc else (args.tlc if args.tlc is not None else default_tlc(folder))
     except (UsageError, FileNotFoundError, ValueError) as exc:
@@ -242,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restore: error: cannot load --model {str(args.model)!r}: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 2
-    if kind == "regressor" and (args.steps or args.sampler or args.eta is not None):
+    if kind == "regressor" and (args.steps or args.sampler or args.eta is not None) and state.is_main_process:
         print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
+    args.no_progress = args.no_progress or not state.is_main_process   # one set of bars: the main process's
     if isinstance(model, RefusionPipeline):
         model.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
     try:
@@ -252,30 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, UsageError) as exc:
         print(f"restore: error: {exc}", file=sys.stderr)
         return 2
-    args.output.mkdir(parents=True, exist_ok=True)
-    failures: list[tuple[Path, str]] = []
     start = time.perf_counter()
-    bar = tqdm(jobs, desc="images", unit="img", disable=args.no_progress)
-    for sources, targets in bar:
-        bar.set_postfix_str(sources[0].name[-40:])
-        try:
-            # stereo: both views in one pass, left then right on channels; each view written on its own
-            image = np.concatenate([read_image(src) for src in sources], axis=2)
-            restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]])
-            for view, (src, dst) in zip(np.split(restored, len(sources), axis=2), zip(sources, targets)):
-                bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
-                write_image(dst, view, bit_depth=bit_depth)
-        except (ImageReadError, ValueError, RuntimeError, MemoryError, OSError, FloatingPointError) as exc:
-            # one bad file, one image too large for memory or a NaN/Inf result must not stop the batch
-            failures += [(src, f"{type(exc).__name__}: {exc}") for src in sources]
-            tqdm.write(f"restore: skipped {' + '.join(map(str, sources))}: {exc}", file=sys.stderr)
+    todo, skipped = prepare_output(jobs, args.output, skip_existing=args.skip_existing, state=state)
+    work = partial(restore_job, kind, model, args=args, device=device, lenses=lenses)
+    records = gather_records(run_share(todo, work, state=state, progress=not args.no_progress), skipped, jobs)
+    devices = gather_object([str(device)])
     seconds = time.perf_counter() - start
-    done = len(inputs) - len(failures)
-    print(f"restore: {done} of {len(inputs)} images restored into {args.output} in {seconds:.1f} s; "
-          f"{len(failures)} failed")
-    for src, message in failures:
-        print(f"  failed: {src}: {message}", file=sys.stderr)
-    return 1 if failures else 0
+    status = exit_status(records)
+    if state.is_main_process:
+        report(records, args.output, seconds)
+        if args.summary is not None:
+            settings = settings_of(args, model_kind=kind, devices=devices)
+            try:
+                write_summary(args.summary, manifest(records, settings, processes=state.num_processes,
+                                                     seconds=seconds))
+            except OSError as exc:
+                print(f"restore: error: cannot write --summary {str(args.summary)!r}: {exc}", file=sys.stderr)
+                status = 1
+    return status
 
 
 if __name__ == "__main__":
