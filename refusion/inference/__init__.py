@@ -1,6 +1,8 @@
 """Inference: turning degraded images into restored ones with a trained or imported model.
 
 - pipeline     RefusionPipeline (diffusers), sde_sample, load_pipeline, sample
+- posterior    sample_posterior(): K posterior samples with their mean and std in one call
+- sample_chunks  K samples of a batch as network batches of chunks of samples, one generator per sample
 - restoration  restore(): the regressors' one-call entry point, TLC
 - loading      run / saved-pipeline / regressor folders, with checksum verification
 - tiling       overlapped tiles with raised-cosine blending for any image -> image function

@@ -41,6 +41,7 @@ from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.ensemble import (check_ensemble_network, ensemble_predict, mean_over_ensemble,
                                          repeat_for_ensemble, shared_noise)
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
+from refusion.inference.sample_chunks import check_num_samples, check_stochastic, sample_generators, sample_in_chunks
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.inference.tiling import tiled_apply, validate_tiling
@@ -177,6 +178,22 @@ def sde_sample(
     return mean_over_ensemble(x) if self_ensemble else x
 
 
+def sde_samples(noise_fn, scheduler, mu: torch.Tensor, cond: torch.Tensor | None, lens_info: Any, generator: Generator,
+                samples: tuple | None, sampling: dict) -> torch.Tensor:
+    """sde_sample once (``samples`` None), or K samples in chunks -> (K, B, ...) (``samples``: the
+    per-sample generators of sample_chunks.sample_generators and the chunk size). ``sampling``: the
+    other sde_sample arguments."""
+    if samples is None:
+        return sde_sample(noise_fn, scheduler, mu, generator=generator, cond=cond, lens_info=lens_info, **sampling)
+    entries, chunk_size = samples
+    lens = None if lens_info is None else lens_batch(lens_info, mu.shape[0]).to(mu.device)
+
+    def run(mu_n, cond_n, lens_n, *, generator):
+        return sde_sample(noise_fn, scheduler, mu_n, generator=generator, cond=cond_n, lens_info=lens_n, **sampling)
+
+    return sample_in_chunks(run, [mu, cond, lens], entries=entries, chunk_size=chunk_size, tile=sampling["tile_size"])
+
+
 def _format_output(images: torch.Tensor, output_type: str):
     if output_type == "pt":
         return images
@@ -245,6 +262,8 @@ class RefusionPipeline(DiffusionPipeline):
         half: bool = False,
         return_dict: bool = True,
         lens_info: Any = None,
+        num_samples: int = 1,
+        chunk_size: int | None = None,
     ):
         """Restore ``image`` (tensor (B,C,H,W)/(C,H,W) in [0,1], numpy HWC, PIL image or list of them).
 
@@ -257,19 +276,33 @@ class RefusionPipeline(DiffusionPipeline):
         [src_lens, tgt_lens, disparity] of each image, a (B, 3) tensor or three scalars / (B,) values
         (refusion.data.lens.lens_info encodes lens names). Inputs with NaN/Inf are refused; values outside
         [0, 1] are clamped with a warning. The output is clamped to [0, 1].
+
+        ``num_samples`` K > 1: K posterior samples of every image (a stochastic sampler is required),
+        and ``images`` holds B * K images, image-major as diffusers' ``num_images_per_prompt``: image b's
+        samples are ``images[b*K:(b+1)*K]``. ``generator`` then gives each SAMPLE its generator (None:
+        seeded from torch's global RNG; one generator: K seeds drawn from it; a list of K, each a
+        generator or a list of B), so sample k equals a one-sample call with generator k.
+        ``chunk_size``: samples per network batch (None: automatic, see
+        refusion.inference.sample_chunks.AUTO_CHUNK_PIXELS); the result does not depend on it.
+        refusion.sample_posterior returns the samples with their mean and std.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        check_num_samples(num_samples)
         tune_malloc_for(self.device)
         with torch.inference_mode():
             restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
-                                     latent, cond, progress, half, lens_info=lens_info)
+                                     latent, cond, progress, half, lens_info=lens_info, num_samples=num_samples,
+                                     chunk_size=chunk_size)
+        if num_samples > 1:      # (K, B, ...) -> image-major (B * K, ...)
+            restored = restored.transpose(0, 1).reshape(-1, *restored.shape[2:])
         # clamp and copy outside inference mode: callers get an ordinary tensor they may edit in place
         images = _format_output(restored.clamp(0.0, 1.0), output_type)
         return RefusionPipelineOutput(images=images) if return_dict else (images,)
 
     def _restore(self, image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap, latent, cond,
-                 progress, half, *, lens_info=None) -> torch.Tensor:
+                 progress, half, *, lens_info=None, num_samples=1, chunk_size=None) -> torch.Tensor:
+        """(B, C, H, W) restored images; (K, B, C, H, W) samples when num_samples K > 1."""
         lq, _ = to_batch(image)
         device = self.device
         lq = upscale_lq(lq.to(device), self.config.get("lq_upscale", 1))
@@ -283,6 +316,8 @@ class RefusionPipeline(DiffusionPipeline):
                                  f"got {tuple(cond.shape)}")
         overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
         scheduler = type(self.scheduler).from_config(self.scheduler.config, **overrides)  # never mutate ours
+        check_stochastic(scheduler, num_samples)
+        samples = None if num_samples == 1 else (sample_generators(generator, num_samples, batch, device), chunk_size)
         if isinstance(scheduler, DenoisingSDEScheduler):
             steps = num_inference_steps      # None: every step from the start timestep (the official loop)
         else:
@@ -296,21 +331,22 @@ class RefusionPipeline(DiffusionPipeline):
             if network_channels(self.unet) not in (None, channels):
                 raise ValueError(f"the noise network takes {network_channels(self.unet)}-channel images, "
                                  f"got an image with {channels} channels")
-            return sde_sample(self.unet, scheduler, lq, num_inference_steps=steps, generator=generator,
-                              tile_size=tile_size, tile_overlap=tile_overlap, multiple=spatial_multiple(self.unet),
-                              cond=cond, progress=bar, half=half, lens_info=lens_info)
+            sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
+                            multiple=spatial_multiple(self.unet), progress=bar, half=half)
+            return sde_samples(self.unet, scheduler, lq, cond, lens_info, generator, samples, sampling)
         return self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half,
-                                   lens_info=lens_info)
+                                   lens_info=lens_info, samples=samples)
 
     def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half, *,
-                       lens_info=None):
+                       lens_info=None, samples=None):
         """Encode LQ (tiled), run the SDE on latents, decode with the LQ image's skips (tiled).
 
         ``tile_size``/``tile_overlap`` are in image pixels: the autoencoder runs on tiles of
         ``tile_size`` with at least LATENT_AE_OVERLAP pixels of context, the noise network on
         latent tiles of ``tile_size / downscale``. Without ``tile_size`` an image above
         LATENT_AUTO_PIXELS still gets LATENT_TILE_DEFAULT autoencoder tiles (never the whole
-        full-resolution skips) and the noise network sees the whole latent.
+        full-resolution skips) and the noise network sees the whole latent. K samples (``samples``)
+        share one encoding; each is decoded on its own, as a one-sample call decodes it.
         """
         ae = self.autoencoder
         factor = ae.downscale
@@ -334,15 +370,19 @@ class RefusionPipeline(DiffusionPipeline):
         if tile_size is not None:
             latent_tile = max(multiple, tile_size // factor // multiple * multiple)
             latent_overlap = min(max(tile_overlap // factor, 4), latent_tile - 1)
-        latent_x0 = sde_sample(self.unet, scheduler, mu, num_inference_steps=steps, generator=generator,
-                               tile_size=latent_tile, tile_overlap=latent_overlap or 0, multiple=multiple,
-                               cond=cond, progress=bar, half=half, lens_info=lens_info)
-        if ae_tile:
-            out = run("decode_from_lq", latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
-        else:
-            out = run("decode", latent_x0, skips)
-        check_finite(out, "the autoencoder's decoded image", half)
-        return to_float32(out)
+        sampling = dict(num_inference_steps=steps, tile_size=latent_tile, tile_overlap=latent_overlap or 0,
+                        multiple=multiple, progress=bar, half=half)
+        latent_x0 = sde_samples(self.unet, scheduler, mu, cond, lens_info, generator, samples, sampling)
+
+        def decode(latent_x0):
+            if ae_tile:
+                out = run("decode_from_lq", latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
+            else:
+                out = run("decode", latent_x0, skips)
+            check_finite(out, "the autoencoder's decoded image", half)
+            return to_float32(out)
+
+        return decode(latent_x0) if samples is None else torch.stack([decode(x) for x in latent_x0])
 
 
 SCHEDULERS = {"IRSDEScheduler": IRSDEScheduler, "DenoisingSDEScheduler": DenoisingSDEScheduler}
@@ -463,6 +503,17 @@ def sample(
                     output_type="pt", tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
                     cond=cond, progress=progress, half=half, lens_info=lens_info).images
         return from_batch(out, kind)
+    out = network_sample(model, x, steps=steps, scheduler=scheduler, sampler=sampler, eta=eta, generator=generator,
+                         tile_size=tile_size, tile_overlap=tile_overlap, latent=latent, cond=cond, progress=progress,
+                         half=half, lens_info=lens_info, device=device)
+    return from_batch(out.clamp(0.0, 1.0), kind)
+
+
+def network_sample(model, x: torch.Tensor, *, steps, scheduler, sampler, eta, generator, tile_size, tile_overlap,
+                   latent, cond, progress, half, lens_info, device, num_samples: int = 1,
+                   chunk_size: int | None = None) -> torch.Tensor:
+    """``sample`` with a bare noise network on a (B, C, H, W) batch: (B, ...) or, for num_samples K > 1,
+    (K, B, ...) samples (generators and chunks as RefusionPipeline.__call__), not clamped."""
     if not callable(model):
         raise TypeError(f"model must be a path, a RefusionPipeline or a callable net(x_t, mu, t), "
                         f"got {type(model).__name__}. " + _NO_MODEL_SDE)
@@ -471,19 +522,19 @@ def sample(
     base = scheduler if scheduler is not None else IRSDEScheduler()
     overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
     sched = type(base).from_config(base.config, **overrides)
+    check_stochastic(sched, check_num_samples(num_samples))
     if device is None:
         params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
         device = params[0].device if params else x.device
     x = x.to(device)
     if tile_size is not None:
         validate_tiling(tile_size, tile_overlap, spatial_multiple(model))
-    bar = _tqdm_steps if progress else (lambda s: s)
+    samples = None if num_samples == 1 else (sample_generators(generator, num_samples, x.shape[0], device), chunk_size)
+    sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
+                    multiple=spatial_multiple(model), progress=_tqdm_steps if progress else (lambda s: s), half=half)
     with torch.inference_mode():
-        out = sde_sample(model, sched, x, num_inference_steps=steps, generator=generator, tile_size=tile_size,
-                         tile_overlap=tile_overlap, multiple=spatial_multiple(model),
-                         cond=None if cond is None else cond.to(device), progress=bar, half=half,
-                         lens_info=lens_info)
-    return from_batch(out.clamp(0.0, 1.0), kind)
+        return sde_samples(model, sched, x, None if cond is None else cond.to(device), lens_info, generator, samples,
+                           sampling)
 
 
 def _tqdm_steps(steps):

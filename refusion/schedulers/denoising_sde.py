@@ -175,6 +175,12 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
         return self._posterior(t, s, None)["std"]
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether ``step`` draws noise: sde, posterior with eta > 0 (ode and posterior with eta = 0
+        map the degraded image to one result deterministically)."""
+        return self.config.sampler == "sde" or (self.config.sampler == "posterior" and self.config.eta > 0)
+
     def initial_sample(self, mu: Tensor, *, generator: GeneratorLike = None) -> Tensor:
         """The start state: the degraded (noisy) image itself, a copy; unlike the IR-SDE no noise is added,
         since y = x0 + sigma z is the state at ``start_timestep``. ``generator`` is accepted and unused."""
@@ -273,7 +279,7 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
             noise_pred = (sample - x0_pred) / sigma_bar
         sampler = self.config.sampler
         noise = None
-        if sampler == "sde" or (sampler == "posterior" and self.config.eta > 0):
+        if self.is_stochastic:
             noise = variance_noise if variance_noise is not None else randn_like_batch(sample, generator)
         if sampler == "posterior":   # q(x_s | x_t, x0_pred): the IR-SDE posterior with mu = x0_pred
             prev = S.gaussian_jump_step(sample, x0_pred, x0_pred, coef("coef_x"), 0.0, coef("std"), noise)

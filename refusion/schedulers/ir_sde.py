@@ -22,7 +22,26 @@ from torch import Tensor
 from refusion.schedulers import samplers as S
 
 TimestepLike = Union[int, Tensor]
-GeneratorLike = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+@dataclass(frozen=True)
+class GeneratorGroups:
+    """Generators that each draw a contiguous group of the batch: with G generators for a batch of
+    G * n samples, generator g draws samples g*n .. g*n + n - 1 as ONE ``randn((n, ...))`` call, which
+    is the noise it alone would draw for a batch of n. So K posterior samples of n images, run as one
+    batch of K * n, get per sample exactly the noise of K separate n-image runs."""
+
+    generators: tuple
+
+    def group_size(self, batch: int) -> int:
+        count = len(self.generators)
+        if count == 0 or batch % count:
+            raise ValueError(f"generator: {count} generator groups cannot split a batch of {batch} samples "
+                             f"into equal groups")
+        return batch // count
+
+
+GeneratorLike = Union[torch.Generator, Sequence[torch.Generator], GeneratorGroups, None]
 
 SCHEDULES = ("cosine", "linear", "constant")
 PREDICTION_TYPES = ("epsilon", "sample")   # noise prediction (official) or data (x0) prediction
@@ -58,9 +77,14 @@ class IRSDESchedulerOutput(BaseOutput):
 
 def randn_like_batch(like: Tensor, generator: GeneratorLike = None) -> Tensor:
     """Standard normal noise shaped like ``like``; a generator list draws sample i with generator i
-    (on the generator's device), so a sample is reproducible whatever batch it is in."""
+    (on the generator's device), so a sample is reproducible whatever batch it is in; GeneratorGroups
+    draws a group of samples per generator."""
     dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-    if isinstance(generator, (list, tuple)):
+    if isinstance(generator, GeneratorGroups):
+        size = generator.group_size(like.shape[0])
+        noise = torch.cat([torch.randn((size, *like.shape[1:]), generator=g, dtype=dtype, device=g.device)
+                           for g in generator.generators])
+    elif isinstance(generator, (list, tuple)):
         if len(generator) != like.shape[0]:
             raise ValueError(f"generator: a list of {len(generator)} generators was given for a batch of "
                              f"{like.shape[0]}; give one generator per sample or a single generator")
@@ -112,6 +136,13 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether ``step`` draws noise: sde, mr_sde, posterior with eta > 0 (ode, mr_ode and
+        posterior with eta = 0 map x_T to x_0 deterministically)."""
+        sampler = self.config.sampler
+        return sampler in ("sde", "mr_sde") or (sampler == "posterior" and self.config.eta > 0)
 
     # ------------------------------------------------------------------ forward process and score
     def signal_scale(self, t: TimestepLike) -> Tensor:
@@ -263,9 +294,8 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
             x0_pred = model_output
             noise_pred = (sample - mu - signal * (x0_pred - mu)) / sigma_bar
         sampler = self.config.sampler
-        stochastic = sampler in ("sde", "mr_sde") or (sampler == "posterior" and self.config.eta > 0)
         noise = None
-        if stochastic:
+        if self.is_stochastic:
             noise = variance_noise if variance_noise is not None else randn_like_batch(sample, generator)
         if sampler in ("sde", "ode"):
             score = -noise_pred / sigma_bar
