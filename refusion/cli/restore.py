@@ -36,6 +36,10 @@ Outputs are written to a hidden temporary file and renamed, so a killed run leav
 under a final name; the next run removes its temporaries, and --skip-existing restores only the images
 whose outputs are missing. --summary FILE writes a JSON manifest of the run (settings, totals, per image
 input, output, process, seconds, status).
+
+SDE models only: --samples K writes the mean of K posterior samples as the output; --save-std adds
+<stem>_std.png (colour-mapped uncertainty) and <stem>_std.tiff (float32), --save-samples every sample
+(refusion/cli/restore_posterior.py).
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ import torch
 from accelerate.utils import gather_object
 
 from refusion.cli import common
+from refusion.cli.restore_posterior import add_posterior_args, check_posterior_flags, restore_posterior
 from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest, prepare_output,
                                        process_state, report, run_share, settings_of, write_summary)
 from refusion.data.image_io import IMAGE_EXTENSIONS, image_bit_depth, read_image, write_image
@@ -109,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                      "folder, or an official checkpoint file (.pth: imported on the "
                                                      "fly into ~/.cache/refusion/imported)"),
                       seed=dict(help="noise seed, the same for every image (default 0)"))
+    add_posterior_args(p)         # --samples K, --save-std, --save-samples (refusion/cli/restore_posterior.py)
     return p.parse_args(argv)
 
 
@@ -219,8 +225,12 @@ def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
     return {src: info for src in inputs}
 
 
-def restore_one(kind: str, model, image, args, device: torch.device, lens: LensInfo | None = None):
-    """Restored float32 HWC array of one image (``lens``: its lens information, bokeh models)."""
+def restore_one(kind: str, model, image, args, device: torch.device, lens: LensInfo | None = None, *,
+                sources: tuple[Path, ...] = (), targets: tuple[Path, ...] = ()):
+    """Restored float32 HWC array of one image (``lens``: its lens information, bokeh models). With
+    --samples the posterior mean, after the --save-std / --save-samples files of ``targets``."""
+    if kind == "sde" and args.samples:
+        return restore_posterior(model, image, args, device, lens, sources, targets)
     if kind == "regressor":
         return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc_size,
                        progress=False, half=args.half)
@@ -246,7 +256,8 @@ def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path
     """Restore one job and write its outputs: a stereo pair goes through the network in one pass
     (left then right on channels) and each view is written to its own file, at its input's bit depth."""
     image = np.concatenate([read_image(src) for src in sources], axis=2)
-    restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]])
+    restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]], sources=sources,
+                           targets=targets)
     for view, src, dst in zip(np.split(restored, len(sources), axis=2), sources, targets):
         bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
         write_image(dst, view, bit_depth=bit_depth)
@@ -282,11 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobs = plan_jobs(inputs, outputs, stereo=isinstance(model, RefusionPipeline) and is_stereo(model.unet))
         lenses = lens_plan(args, inputs, model)
+        check_posterior_flags(args, kind, model, outputs, UsageError)
     except (ValueError, UsageError) as exc:
         print(f"restore: error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    todo, skipped = prepare_output(jobs, args.output, skip_existing=args.skip_existing, state=state)
+    try:
+        todo, skipped = prepare_output(jobs, args.output, skip_existing=args.skip_existing, state=state)
+    except OSError as exc:
+        print(f"restore: error: cannot prepare the output folder {str(args.output)!r}: {exc}", file=sys.stderr)
+        return 2
     work = partial(restore_job, kind, model, args=args, device=device, lenses=lenses)
     records = gather_records(run_share(todo, work, state=state, progress=not args.no_progress), skipped, jobs)
     devices = gather_object([str(device)])

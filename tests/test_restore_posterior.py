@@ -1,0 +1,132 @@
+"""refusion restore --samples K / --save-std / --save-samples on tiny saved runs."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+from PIL import Image
+
+import refusion
+from refusion.cli import restore as restore_tool
+from refusion.cli.restore_posterior import std_colormap
+from refusion.data.image_io import image_bit_depth, read_image, write_image
+from refusion.models.conditional_nafnet import ConditionalNAFNet
+from refusion.models.nafnet import NAFNet
+from refusion.schedulers.ir_sde import IRSDEScheduler
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def make_run(root: Path, task: str) -> Path:
+    torch.manual_seed(0)
+    root.mkdir(parents=True)
+    (root / "recipe.yml").write_text(yaml.safe_dump({"task": task}))
+    if task == "regressor":
+        net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+    else:
+        net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+        with torch.no_grad():   # a small noise prediction: samples stay mostly inside [0, 1]
+            net.ending.weight.mul_(0.02)
+            net.ending.bias.zero_()
+        IRSDEScheduler(sampler="ode", max_sigma=10).save_pretrained(root / "scheduler")
+    net.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    return {"regressor": make_run(base / "nafnet", "regressor"), "sde": make_run(base / "sde", "sde")}
+
+
+@pytest.fixture()
+def image16(tmp_path):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    write_image(path, 0.3 + 0.4 * np.random.default_rng(0).random((24, 32, 3)), bit_depth=16)
+    return path
+
+
+def run_restore(image, out, model, *extra):
+    return restore_tool.main([str(image), "-o", str(out), "--model", str(model), "--steps", "3", "--seed", "4",
+                              "--no-progress", *extra])
+
+
+def test_samples_write_the_mean_the_std_maps_and_every_sample(tmp_path, runs, image16):
+    out = tmp_path / "out"
+    code = run_restore(image16, out, runs["sde"], "--sampler", "mr_sde", "--samples", "3", "--save-std",
+                       "--save-samples")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "photo_sample0.png", "photo_sample1.png",
+                                                      "photo_sample2.png", "photo_std.png", "photo_std.tiff"]
+    assert all(image_bit_depth(out / f"photo_sample{k}.png") == 16 for k in range(3))
+    # the same as the API with the same seed
+    lq = read_image(image16)
+    pipe = refusion.load_pipeline(runs["sde"])
+    post = refusion.sample_posterior(lq, model=pipe, num_samples=3, steps=3, sampler="mr_sde", progress=False,
+                                     generator=torch.Generator().manual_seed(4))
+    hwc = lambda t: t.permute(1, 2, 0).numpy()      # noqa: E731
+    samples = [read_image(out / f"photo_sample{k}.png") for k in range(3)]
+    for k in range(3):
+        np.testing.assert_allclose(samples[k], hwc(post.samples[k, 0]), atol=1 / 65535)
+    assert np.abs(samples[0] - samples[1]).max() > 1e-3
+    np.testing.assert_allclose(read_image(out / "photo.png"), hwc(post.mean[0]), atol=1 / 65535)
+    std = tifffile.imread(out / "photo_std.tiff")
+    assert std.dtype == np.float32 and std.shape == (24, 32, 3)
+    np.testing.assert_allclose(std, np.std(np.stack(samples), axis=0), atol=2e-4)
+    assert std.max() > 1e-3
+    colour = np.asarray(Image.open(out / "photo_std.png").convert("RGB"), dtype=np.float64) / 255
+    np.testing.assert_allclose(colour, std_colormap(std, 0.1), atol=1 / 255 + 1e-6)
+
+
+def test_std_colour_scale_is_fixed_by_std_max(tmp_path, runs, image16):
+    maps = {}
+    for std_max in ("0.1", "0.01"):
+        out = tmp_path / std_max
+        assert run_restore(image16, out, runs["sde"], "--sampler", "sde", "--samples", "2", "--save-std",
+                           "--std-max", std_max) == 0
+        maps[std_max] = np.asarray(Image.open(out / "photo_std.png").convert("L"), dtype=np.float64)
+        assert not (out / "photo_sample0.png").exists()
+    assert maps["0.01"].mean() > maps["0.1"].mean() + 5        # a lower top: the same std looks brighter
+
+
+def test_samples_alone_write_only_the_mean(tmp_path, runs, image16):
+    out = tmp_path / "out"
+    assert run_restore(image16, out, runs["sde"], "--sampler", "posterior", "--samples", "2", "--chunk-size", "1") == 0
+    assert [p.name for p in out.iterdir()] == ["photo.png"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--samples", "2"], "--samples: posterior samples need an SDE model"),
+    (["--save-std"], "--save-std: posterior samples need an SDE model"),
+    (["--save-samples", "--samples", "2"], "--samples, --save-samples: posterior samples need an SDE model"),
+])
+def test_posterior_flags_on_a_regressor_are_usage_errors(tmp_path, runs, image16, capsys, flags, message):
+    assert run_restore(image16, tmp_path / "out", runs["regressor"], *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sampler", "mr_sde", "--save-std"], "--save-std need --samples K"),
+    (["--sampler", "mr_sde", "--samples", "0"], "--samples must be >= 1"),
+    (["--sampler", "mr_sde", "--samples", "1", "--save-std"], "--save-std needs --samples >= 2"),
+    (["--samples", "2"], "the sampler 'ode' is deterministic"),
+    (["--sampler", "posterior", "--eta", "0", "--samples", "2"], "'posterior' with eta 0 is deterministic"),
+    (["--sampler", "mr_sde", "--samples", "2", "--std-max", "0"], "--std-max must be > 0"),
+])
+def test_bad_posterior_flags_are_usage_errors(tmp_path, runs, image16, capsys, flags, message):
+    assert run_restore(image16, tmp_path / "out", runs["sde"], *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_extra_file_that_is_another_output_is_refused(tmp_path, runs, capsys):
+    folder = tmp_path / "in"
+    for name in ("a.png", "a_std.png"):
+        write_image(folder / name, np.full((16, 16, 3), 0.5))
+    assert run_restore(folder, tmp_path / "out", runs["sde"], "--sampler", "sde", "--samples", "2",
+                       "--save-std") == 2
+    assert "'a_std.png'" in capsys.readouterr().err
