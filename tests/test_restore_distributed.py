@@ -223,7 +223,3 @@ def test_summary_that_is_a_folder_or_an_image_is_refused_before_any_work(tmp_pat
     assert restore_tool.main(base + [str(tmp_path / "out" / "a.png")]) == 2
     assert "is the output image" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_device_not_given_is_the_cpu_in_a_plain_run():
-    assert restore_tool.resolve_device(None) == torch.device("cpu")
