@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,14 +32,19 @@ RESTORED, FAILED, SKIPPED = "restored", "failed", "skipped-existing"
 JOB_ERRORS = (ImageReadError, ValueError, RuntimeError, MemoryError, OSError, FloatingPointError)
 
 Job = tuple[tuple[Path, ...], tuple[Path, ...]]   # (sources, targets): one image, or a stereo pair's two views
+# The processes wait for one another only before the first image and at the gather after the last. On a
+# big folder the first to finish its share can wait there far longer than torch's collective timeout
+# (10 minutes over NCCL, 30 over gloo), which would end the launch in an error after every image is done.
+WAIT_LIMIT = timedelta(hours=24)
 
 
 def process_state() -> PartialState:
     """accelerate's view of this process: index, number of processes, device (one process outside a launch).
 
     CPU processes (no CUDA, or ACCELERATE_USE_CPU as `accelerate launch --cpu` sets it) talk over gloo;
-    PartialState reads no such flag itself, it must be told."""
-    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    PartialState reads no such flag itself, it must be told. The process group waits up to WAIT_LIMIT."""
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"),
+                        timeout=WAIT_LIMIT)
 
 
 def check_summary_path(summary: Path | None, inputs: list[Path], outputs: list[Path]) -> None:
