@@ -92,3 +92,11 @@ def test_steps_axes_are_at_least_twice_the_widest_interval_shown_regressor_bands
     assert span(psnr_ax.get_ylim()) >= 2 * 1.6 and psnr_ax.get_ylim()[0] <= 25.2 <= 26.8 <= psnr_ax.get_ylim()[1]
     assert span(lpips_ax.get_ylim()) >= 2 * 0.06
     assert report.steps_vs_quality_figure(rows[:1] + rows[2:]) is None     # one step count: nothing to sweep
+
+
+def test_axes_slide_into_the_metric_range_keeping_their_span():
+    near_zero = [row("a", "regressor", 30.0, None, 0.02, [0.0, 0.1])]
+    assert report.axis_limits(near_zero, "lpips") == pytest.approx((0.0, 0.2))      # LPIPS is never negative
+    near_one = [dict(row("a", "regressor", 30.0, None), ssim=0.99, ssim_ci=[0.97, 1.0])]
+    low, high = report.axis_limits(near_one, "ssim")
+    assert high == 1.0 and high - low == pytest.approx(0.06)                        # nor is SSIM above 1

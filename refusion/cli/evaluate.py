@@ -4,6 +4,11 @@ Example:
     python tools/evaluate.py runs/quickstart_sde runs/quickstart_nafnet \
         --gt data/quickstart/test/gt --lq data/quickstart/test/lq \
         --samplers posterior:100 posterior:20 mr_ode:10 --out report/quickstart
+
+Each mean comes with a 95% bootstrap interval over the test images, and each row with its paired
+difference to a reference row (--reference; by default the first regressor). Across processes, each
+restoring its share of the images (the table equals a one-process run's):
+    accelerate launch --num_processes 2 -m refusion evaluate RUNS ... --out report/quickstart
 """
 from __future__ import annotations
 
@@ -29,14 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex")
     parser.add_argument("--lens-meta", type=Path, default=None,
                         help="bokeh runs: the test set's meta.txt (id, src_lens, tgt_lens, disparity per image)")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--reference", default=None, metavar="NAME",
+                           help="row every other row is compared with, image by image: a row's label "
+                                "('input (LQ)', 'RUN [SAMPLER, STEPS]') or a run name naming one row "
+                                "(default: the first regressor, else no comparison)")
+    reference.add_argument("--no-reference", action="store_true", help="no paired differences")
     args = parser.parse_args(argv)
     try:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
                                device=args.device, max_images=args.max_images, crop_border=args.crop_border,
-                               test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta)
+                               test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta,
+                               reference=False if args.no_reference else args.reference)
     except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
+    if result is None:   # a process other than the main one of `accelerate launch`: the main one reports
+        return 0
     print((args.out / "results.md").read_text())
     for name, path in result["artefacts"].items():
         print(f"{name:>16}: {path}")

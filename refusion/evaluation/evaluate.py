@@ -7,6 +7,11 @@ tables, plots and image grid of `refusion.evaluation.report` into one folder.
 A stereo network (StereoNAFNet) restores the test set's ``<id>_L`` / ``<id>_R`` views together, in one
 pass, and each view is scored as an image of its own, so its rows compare with those of a method that
 restores each view alone. Seeds and network evaluations (NFE) count per pass: per image, or per pair.
+
+Every row keeps its per-image scores; the report gives each mean a bootstrap interval over the images and
+the paired difference of each row to a reference row (refusion.evaluation.statistics). Under
+``accelerate launch`` the passes are split between the processes (refusion.inference.processes), pass i
+keeps seed ``seed + i`` whichever process runs it, and the main process alone writes the report.
 """
 from __future__ import annotations
 
@@ -25,6 +30,11 @@ from refusion.data.lens import lens_info_for, read_lens_metadata
 from refusion.data.paired import find_pairs, stereo_groups
 from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
+from refusion.evaluation.statistics import CONFIDENCE, RESAMPLES, SEED, add_intervals
+from refusion.inference.processes import gather_in_order, process_device, process_share, process_state
+
+INPUT_LABEL = "input (LQ)"
+FEW_IMAGES = 10   # below this a percentile bootstrap interval is known to undercover
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,27 @@ def parse_sampler_specs(specs: Sequence[str]) -> list[tuple[str, int]]:
             raise ValueError(f"sampler spec {spec!r} must look like NAME:STEPS, e.g. posterior:100")
         out.append((name, int(steps)))
     return out
+
+
+def resolve_reference(reference: str | bool | None, methods: Sequence[Method]) -> str | None:
+    """The label of the row paired differences are taken against.
+
+    None: the first regressor, else no differences; False: no differences; a string: a row's label
+    (``"input (LQ)"``, ``"shadow [posterior, 100]"``) or the run name of exactly one row.
+    """
+    if reference is False:
+        return None
+    if reference is None or reference is True:
+        return next((m.label for m in methods if m.kind == "regressor"), None)
+    labels = [INPUT_LABEL] + [m.label for m in methods]
+    if reference in labels:
+        return reference
+    by_run = ([INPUT_LABEL] if reference == "input" else []) + [m.label for m in methods if m.run_dir.name == reference]
+    if len(by_run) == 1:
+        return by_run[0]
+    if by_run:
+        raise ValueError(f"reference {reference!r} names several rows ({'; '.join(by_run)}): give one row's label")
+    raise ValueError(f"reference {reference!r} matches no row; rows: {'; '.join(labels)}")
 
 
 def build_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, int]]) -> list[Method]:
@@ -151,15 +182,23 @@ def evaluate_runs(
     grid_images: int = 3,
     progress: bool = True,
     lens: str | Path | None = None,
-) -> dict:
+    reference: str | bool | None = None,
+) -> dict | None:
     """Evaluate every method on the same pairs; write tables, plots, grid and restored images.
 
     ``lens``: the test set's lens metadata (a meta.txt, refusion.data.lens), needed when a run is a bokeh
     model; every test image must have an entry (checked before any restoration).
+    ``reference``: the row every other row is compared with image by image (resolve_reference: a row's
+    label or a run name; None picks the first regressor, else no comparison; False: none).
+
+    Under ``accelerate launch`` each process restores its share of the images and writes their PNGs; the
+    scores are gathered and the main process writes the report and returns the result; the other
+    processes return None.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    state = process_state(device)
     methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers))
+    reference = resolve_reference(reference, methods)
     pairs = find_pairs(test_gt, test_lq)[: max_images or None]
     if not pairs:
         raise ValueError(f"no test pairs in {test_gt} / {test_lq}")
@@ -167,6 +206,7 @@ def evaluate_runs(
     if lens is not None:
         table = read_lens_metadata(lens)
         lenses = {name: lens_info_for(table, name, source=lens, image=str(lq)) for name, _, lq in pairs}
+    out_dir.mkdir(parents=True, exist_ok=True)
     gts = {name: read_image(gt) for name, gt, _ in pairs}
     lqs = {name: read_image(lq) for name, _, lq in pairs}
 
@@ -175,8 +215,16 @@ def evaluate_runs(
         metrics.lpips(gts[pairs[0][0]], gts[pairs[0][0]], net=lpips_net)
     except metrics.LPIPSUnavailable as err:
         lpips_reason = str(err)
+    score = _Scorer(crop_border, test_y_channel, lpips_net if lpips_reason is None else None)
+    device = process_device(device, state)
+    order = {name: i for i, (name, _, _) in enumerate(pairs)}
+    grid_pairs = _spread(pairs, grid_images)
+    grid_names = {name for name, _, _ in grid_pairs}
 
-    rows, restored = [], {}
+    done = [(i, {"image": name, **score(lqs[name], gts[name]), "seconds": 0.0})
+            for i, (name, _, _) in process_share(pairs, state)]
+    rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), order)]
+    restored = {}
     for method in methods:
         restorer = _Restorer(method, device)
         if restorer.takes_lens_info and lenses is None:
@@ -185,43 +233,43 @@ def evaluate_runs(
                              f"disparity')")
         jobs = _jobs(pairs, stereo=restorer.is_stereo)
         counter = _CallCounter(restorer.network)
-        scores = {"psnr": [], "ssim": [], "lpips": []}
-        seconds = 0.0
-        bar = tqdm(jobs, desc=method.label, disable=not progress, leave=False)
-        for index, names in enumerate(bar):
+        done = []
+        bar = tqdm(process_share(jobs, state), desc=method.label, disable=not (progress and state.is_main_process),
+                   leave=False)
+        for index, names in bar:
             # a stereo network restores the two views of a pair in one pass, left then right on channels
             lq = torch.from_numpy(np.concatenate([lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
-            start = time.perf_counter()
+            calls, start = counter.count, time.perf_counter()
             out = restorer(lq, seed + index, lenses and lenses[names[0]])
-            seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
             views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
+            records, grid = [], {}
             for name, img in zip(names, views):
-                restored[(method.label, name)] = img
-                gt = gts[name]
-                scores["psnr"].append(metrics.psnr(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
-                scores["ssim"].append(metrics.ssim(img, gt, crop_border=crop_border, test_y_channel=test_y_channel))
-                if lpips_reason is None:
-                    scores["lpips"].append(metrics.lpips(img, gt, net=lpips_net))
+                records.append({"image": name, **score(img, gts[name]), "seconds": seconds / len(names)})
+                if name in grid_names:
+                    grid[name] = img
                 _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
+            done.append((index, (records, counter.count - calls, grid)))
         counter.close()
-        rows.append({
-            "method": method.label, "run": method.run_dir.name, "kind": method.kind,
-            "sampler": method.sampler, "steps": method.steps, "nfe": counter.count / len(jobs),
-            "psnr": float(np.mean(scores["psnr"])), "ssim": float(np.mean(scores["ssim"])),
-            "lpips": float(np.mean(scores["lpips"])) if scores["lpips"] else None,
-            "seconds_per_image": seconds / len(pairs), "images": len(pairs),
-        })
-    lq_row = _input_row(pairs, lqs, gts, crop_border, test_y_channel, lpips_net if lpips_reason is None else None)
-    rows.insert(0, lq_row)
+        passes = gather_in_order(done)   # every process takes part; only the main one uses the result
+        nfe = sum(calls for _, calls, _ in passes) / len(passes)
+        rows.append(_row(method.label, method.run_dir.name, method.kind, method.sampler, method.steps, nfe,
+                         [r for records, _, _ in passes for r in records], order))
+        restored.update({(method.label, name): img for _, _, grid in passes for name, img in grid.items()})
+    if not state.is_main_process:
+        return None
 
+    add_intervals(rows, reference)
     notes = [f"PSNR/SSIM: BasicSR protocol, crop_border={crop_border}, test_y_channel={test_y_channel}; "
              f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
-             f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)"]
+             f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)",
+             _interval_note(len(pairs), reference)]
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
     artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
-    artefacts["grid"] = _grid(_spread(pairs, grid_images), methods, rows, lqs, gts, restored, out_dir / "grid.png")
-    return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes}
+    artefacts["grid"] = _grid(grid_pairs, methods, rows, lqs, gts, restored, out_dir / "grid.png")
+    return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes,
+            "reference": reference}
 
 
 def _jobs(pairs, *, stereo: bool) -> list[tuple[str, ...]]:
@@ -233,17 +281,43 @@ def _jobs(pairs, *, stereo: bool) -> list[tuple[str, ...]]:
     return [(i + "_L", i + "_R") for i in stereo_groups(names, {name: lq for name, _, lq in pairs})]
 
 
-def _input_row(pairs, lqs, gts, crop_border, test_y_channel, lpips_net) -> dict:
-    """The degraded input itself as a reference row."""
-    names = [n for n, _, _ in pairs]
-    kw = dict(crop_border=crop_border, test_y_channel=test_y_channel)
+@dataclass(frozen=True)
+class _Scorer:
+    """PSNR, SSIM and (when ``lpips_net`` is set) LPIPS of one restored image against its ground truth."""
+
+    crop_border: int
+    test_y_channel: bool
+    lpips_net: str | None
+
+    def __call__(self, img: np.ndarray, gt: np.ndarray) -> dict:
+        kw = dict(crop_border=self.crop_border, test_y_channel=self.test_y_channel)
+        return {"psnr": metrics.psnr(img, gt, **kw), "ssim": metrics.ssim(img, gt, **kw),
+                "lpips": metrics.lpips(img, gt, net=self.lpips_net) if self.lpips_net else None}
+
+
+def _row(label, run, kind, sampler, steps, nfe, records: list[dict], order: dict[str, int]) -> dict:
+    """A results row: the means of the per-image records, which it keeps in test-pair order."""
+    records = sorted(records, key=lambda r: order[r["image"]])
+    mean = lambda key: float(np.mean([r[key] for r in records]))  # noqa: E731
     return {
-        "method": "input (LQ)", "run": "input", "kind": "input", "sampler": None, "steps": None, "nfe": 0,
-        "psnr": float(np.mean([metrics.psnr(lqs[n], gts[n], **kw) for n in names])),
-        "ssim": float(np.mean([metrics.ssim(lqs[n], gts[n], **kw) for n in names])),
-        "lpips": float(np.mean([metrics.lpips(lqs[n], gts[n], net=lpips_net) for n in names])) if lpips_net else None,
-        "seconds_per_image": 0.0, "images": len(names),
+        "method": label, "run": run, "kind": kind, "sampler": sampler, "steps": steps, "nfe": nfe,
+        "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips") if records[0]["lpips"] is not None else None,
+        "seconds_per_image": mean("seconds"), "images": len(records), "per_image": records,
     }
+
+
+def _interval_note(n: int, reference: str | None) -> str:
+    if n < 2:
+        return ("one test image: no confidence intervals or paired differences with intervals (a bootstrap over "
+                "one image is degenerate); the table gives the single image's scores")
+    note = (f"[low, high]: {CONFIDENCE:.0%} percentile-bootstrap intervals of the mean over the {n} test images "
+            f"({RESAMPLES:,} resamples, seed {SEED}); an interval is left out where a score is infinite")
+    if reference is not None:
+        note += f"; differences to {reference} resample both rows' images jointly"
+    if n < FEW_IMAGES:
+        note += (f"; with fewer than {FEW_IMAGES} images these intervals are too narrow (a bootstrap only "
+                 "recombines the images it was given): read them as the spread of those images")
+    return note
 
 
 def _grid(pairs, methods, rows, lqs, gts, restored, path: Path) -> Path:

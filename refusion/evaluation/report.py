@@ -22,6 +22,7 @@ METRIC_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
 # zoom, and these keep differences far below what matters (a hundredth of a dB) from filling an axis
 MIN_AXIS_SPAN = {"psnr": 0.5, "ssim": 0.01, "lpips": 0.01}
 AXIS_MARGIN = 0.05  # of the span, on each side
+METRIC_RANGE = {"psnr": (None, None), "ssim": (None, 1.0), "lpips": (0.0, None)}  # an axis slides inside these
 
 
 def _fmt(value, digits: int) -> str:
@@ -126,14 +127,19 @@ def _bar(row: dict, key: str) -> tuple[float, float]:
 def axis_limits(rows: Sequence[dict], key: str) -> tuple[float, float]:
     """Limits of an axis showing ``key`` of ``rows``: their points and bars plus a margin, widened about
     the middle to at least twice the widest interval shown and at least MIN_AXIS_SPAN[key], so that
-    an axis never magnifies differences the intervals cannot resolve."""
+    an axis never magnifies differences the intervals cannot resolve; then slid, span unchanged, into
+    the metric's range (METRIC_RANGE)."""
     lows = [r[key] - _bar(r, key)[0] for r in rows]
     highs = [r[key] + _bar(r, key)[1] for r in rows]
     widest = max(h - lo for lo, h in zip(lows, highs))
     low, high = min(lows), max(highs)
     span = max((high - low) * (1 + 2 * AXIS_MARGIN), 2 * widest, MIN_AXIS_SPAN[key])
     middle = (low + high) / 2
-    return middle - span / 2, middle + span / 2
+    low, high = middle - span / 2, middle + span / 2
+    floor, ceiling = METRIC_RANGE[key]
+    shift = max(0.0, floor - low) if floor is not None else 0.0          # LPIPS never below 0
+    shift -= max(0.0, high - ceiling) if ceiling is not None else 0.0    # SSIM never above 1
+    return low + shift, high + shift
 
 
 def psnr_vs_lpips_figure(rows: Sequence[dict]):

@@ -1,0 +1,137 @@
+"""refusion evaluate: per-image scores, intervals and differences to a reference row, and the same table
+from two processes (`accelerate launch`, see FACTS: accelerate on CPU) as from one."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from refusion.cli import evaluate as evaluate_cli
+from refusion.evaluation.evaluate import INPUT_LABEL, Method, evaluate_runs, resolve_reference
+from refusion.evaluation.statistics import mean_interval, paired_difference
+from refusion.inference.processes import gather_in_order, process_share
+from refusion.training import train
+from test_multiprocess import free_port
+from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLERS = ["mr_sde:2", "mr_ode:2"]       # mr_sde draws noise: a wrong seed for an image changes its scores
+METHODS = [Method(Path("runs/sde"), "sde", "mr_sde", 2), Method(Path("runs/sde"), "sde", "mr_ode", 2),
+           Method(Path("runs/nafnet"), "regressor")]
+
+
+def test_reference_defaults_to_the_first_regressor_and_accepts_labels_or_one_rows_run_name():
+    assert resolve_reference(None, METHODS) == "nafnet"
+    assert resolve_reference(None, METHODS[:2]) is None and resolve_reference(False, METHODS) is None
+    assert resolve_reference("sde [mr_ode, 2]", METHODS) == "sde [mr_ode, 2]"
+    assert resolve_reference("input", METHODS) == INPUT_LABEL == resolve_reference(INPUT_LABEL, METHODS)
+
+
+def test_a_reference_that_matches_no_row_or_several_is_refused_with_the_rows():
+    with pytest.raises(ValueError, match=r"'dehaze' matches no row; rows: input \(LQ\); sde \[mr_sde, 2\]; "
+                                         r"sde \[mr_ode, 2\]; nafnet"):
+        resolve_reference("dehaze", METHODS)
+    with pytest.raises(ValueError, match=r"'sde' names several rows \(sde \[mr_sde, 2\]; sde \[mr_ode, 2\]\)"):
+        resolve_reference("sde", METHODS)
+
+
+def test_one_process_takes_every_item_with_its_index_and_gathering_orders_by_index():
+    assert process_share(["a", "b", "c"]) == [(0, "a"), (1, "b"), (2, "c")]
+    assert gather_in_order([(2, "c"), (0, "a"), (1, "b")]) == ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A tiny SDE run and a tiny NAFNet run (two training steps each) and three test pairs."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_pairs(root / "pairs", n_train=2, n_val=3, size=32)
+    for task, name in (("sde", "sde"), ("regressor", "nafnet")):
+        recipe = root / f"{name}.yml"
+        recipe.write_text(yaml.safe_dump(tiny_recipe_dict(task, data, root / "runs" / name, total_iters=2)))
+        train(str(recipe))
+    return root
+
+
+def evaluate(runs: Path, out: Path, **kwargs) -> dict:
+    return evaluate_runs([runs / "runs/sde", runs / "runs/nafnet"], runs / "pairs/val/gt", runs / "pairs/val/lq",
+                         out, samplers=SAMPLERS, progress=False, lpips_net="alex", **kwargs)
+
+
+@pytest.mark.slow
+def test_rows_keep_per_image_scores_intervals_and_paired_differences(runs, tmp_path):
+    result = evaluate(runs, tmp_path / "report", reference="sde [mr_ode, 2]")
+    saved = json.loads((tmp_path / "report/results.json").read_text())
+    assert saved["reference"] == result["reference"] == "sde [mr_ode, 2]"
+    rows = {row["method"]: row for row in saved["rows"]}
+    assert list(rows) == [INPUT_LABEL, "sde [mr_sde, 2]", "sde [mr_ode, 2]", "nafnet"]
+    ref = [p["psnr"] for p in rows["sde [mr_ode, 2]"]["per_image"]]
+    for row in rows.values():
+        assert [p["image"] for p in row["per_image"]] == ["img0", "img1", "img2"]
+        psnr = [p["psnr"] for p in row["per_image"]]
+        assert row["psnr"] == pytest.approx(np.mean(psnr), abs=1e-12)
+        assert row["lpips"] == pytest.approx(np.mean([p["lpips"] for p in row["per_image"]]), abs=1e-12)
+        assert row["psnr_ci"] == [mean_interval(psnr).low, mean_interval(psnr).high]
+        if row["method"] != "sde [mr_ode, 2]":
+            assert row["difference"]["psnr"] == paired_difference(psnr, ref).as_dict()
+    assert rows["sde [mr_ode, 2]"]["difference"] is None
+    table = (tmp_path / "report/results.md").read_text()
+    assert "| Method − sde [mr_ode, 2] |" in table and "10,000 resamples" in table
+    # each image's PNG is the one scored: its PSNR recomputed from the file
+    from refusion.data.image_io import read_image
+    from refusion.evaluation import metrics
+
+    png = read_image(tmp_path / "report/images/nafnet/img1.png")
+    assert metrics.psnr(png, read_image(runs / "pairs/val/gt/img1.png")) == rows["nafnet"]["per_image"][1]["psnr"]
+
+
+@pytest.mark.slow
+def test_one_image_says_the_interval_is_degenerate(runs, tmp_path):
+    result = evaluate(runs, tmp_path / "report", max_images=1)
+    assert result["reference"] == "nafnet" and all(row["psnr_ci"] is None for row in result["rows"])
+    table = (tmp_path / "report/results.md").read_text()
+    assert "one test image: no confidence intervals" in table
+    assert not re.search(r"\d \[", table.split("- PSNR/SSIM")[0])     # no '27.31 [..., ...]' anywhere
+
+
+@pytest.mark.slow
+def test_cli_refuses_an_unknown_reference_before_restoring_anything(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = [str(runs / "runs/sde"), str(runs / "runs/nafnet"), "--gt", str(runs / "pairs/val/gt"), "--lq",
+            str(runs / "pairs/val/lq"), "--out", str(out), "--samplers", *SAMPLERS]
+    assert evaluate_cli.main(argv + ["--reference", "dehaze"]) == 2
+    assert "matches no row; rows: input (LQ); sde [mr_sde, 2]; sde [mr_ode, 2]; nafnet" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{**{k: v for k, v in row.items() if k != "seconds_per_image"},
+             "per_image": [{k: v for k, v in p.items() if k != "seconds"} for p in row["per_image"]]} for row in rows]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_table_of_one(runs, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    args = ["evaluate", str(runs / "runs/sde"), str(runs / "runs/nafnet"), "--gt", str(runs / "pairs/val/gt"),
+            "--lq", str(runs / "pairs/val/lq"), "--samplers", *SAMPLERS, "--seed", "7", "--out"]
+    one = subprocess.run([sys.executable, "-m", "refusion", *args, str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "refusion"]
+    two = subprocess.run(launch + args + [str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("| Method |") == 1                       # the main process alone reports
+    rows = {name: json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("one", "two")}
+    assert without_timings(rows["two"]) == without_timings(rows["one"])
+    assert [row["images"] for row in rows["two"]] == [3] * 4
+    folders = sorted((tmp_path / "two/images").iterdir())             # both processes wrote their images
+    assert len(folders) == 3
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img1.png", "img2.png"]
