@@ -141,3 +141,104 @@ def test_self_ensemble_refuses_stereo_networks():
     net = StereoNAFNet(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
     with pytest.raises(ValueError, match="not available for the stereo network StereoNAFNet.*epipolar"):
         refusion.restore(torch.rand(1, 6, 16, 16), model=net, progress=False, self_ensemble=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The SDE: refusion.sample and the pipeline
+
+
+def _hand_sde(net, mu, steps, seed, sampler):
+    """8 trajectories written in their transformed frames, the noise of a plain run transformed with the image."""
+    g = torch.Generator().manual_seed(seed)
+    base = IRSDEScheduler(num_train_timesteps=20, sampler=sampler)
+    x_T = base.initial_sample(mu, generator=g)                        # what a plain run draws first
+    schedulers = [IRSDEScheduler.from_config(base.config) for _ in HAND]
+    for s in schedulers:
+        s.set_timesteps(steps)
+    states = [f(x_T) for f, _ in HAND]
+    with torch.no_grad():
+        for t in [int(t) for t in schedulers[0].timesteps]:
+            z = torch.randn(mu.shape, generator=g)                      # what a plain run draws at this step
+            t_batch = torch.full((mu.shape[0],), t, dtype=torch.long)
+            for k, (f, _) in enumerate(HAND):
+                eps = net(states[k], f(mu), t_batch)
+                states[k] = schedulers[k].step(eps, t, states[k], mu=f(mu), variance_noise=f(z)).prev_sample
+    return sum(inv(x) for (_, inv), x in zip(HAND, states)) / len(HAND)
+
+
+def _sample(net, mu, steps=3, seed=0, sampler="mr_sde", **kwargs):
+    scheduler = IRSDEScheduler(num_train_timesteps=20, sampler=sampler)
+    return refusion.sample(mu, steps=steps, model=net, scheduler=scheduler, generator=torch.Generator().manual_seed(seed),
+                           progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["mr_sde", "sde", "mr_ode"])
+def test_sde_self_ensemble_is_eight_trajectories_on_one_transformed_noise_field(sampler):
+    net, mu = CountingNoise(), _image(24, 40)
+    out = _sample(net, mu, steps=3, sampler=sampler, self_ensemble=True)
+    assert net.calls == ENSEMBLE_SIZE * 3
+    torch.testing.assert_close(out, _hand_sde(net, mu, 3, 0, sampler).clamp(0, 1), atol=1e-5, rtol=0)
+    assert (out - _sample(net, mu, steps=3, sampler=sampler)).abs().max() > 1e-3
+
+
+def test_sde_self_ensemble_is_reproducible_and_a_symmetric_network_gives_the_plain_run():
+    net, mu = CountingNoise(), _image(24, 40, batch=2)
+    first = _sample(net, mu, seed=5, self_ensemble=True)
+    torch.testing.assert_close(_sample(net, mu, seed=5, self_ensemble=True), first, atol=0, rtol=0)
+    assert (_sample(net, mu, seed=6, self_ensemble=True) - first).abs().max() > 1e-3
+    symmetric = CountingNoise(equivariant=True)
+    torch.testing.assert_close(_sample(symmetric, mu, seed=5, self_ensemble=True), _sample(symmetric, mu, seed=5),
+                               atol=1e-5, rtol=0)
+
+
+def test_sde_self_ensemble_tiles_non_square_images():
+    net, mu = CountingNoise(), _image(24, 40)
+    whole = _sample(net, mu, sampler="sde", self_ensemble=True)
+    tiled = _sample(net, mu, sampler="sde", self_ensemble=True, tile_size=16, tile_overlap=8)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def _pipeline(lq_upscale=1, stereo=False):
+    from refusion.models.conditional_nafnet import ConditionalNAFNet
+    from refusion.models.stereo_nafnet import StereoNAFNet
+
+    torch.manual_seed(0)
+    cls = StereoNAFNet if stereo else ConditionalNAFNet
+    unet = cls(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
+    return refusion.RefusionPipeline(unet=unet.eval(), scheduler=IRSDEScheduler(num_train_timesteps=20),
+                                     lq_upscale=lq_upscale)
+
+
+def test_pipeline_self_ensemble_calls_the_network_eight_times_a_step():
+    pipe = _pipeline()
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    lq = _image(16, 24)
+    out = pipe(lq, num_inference_steps=2, output_type="pt", progress=False, self_ensemble=True,
+               generator=torch.Generator().manual_seed(0)).images
+    assert len(calls) == ENSEMBLE_SIZE * 2 and {tuple(s[-2:]) for s in calls} == {(16, 24), (24, 16)}
+    assert out.shape == lq.shape
+
+
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_pipeline_color_fix_uses_the_input_as_the_pipeline_sees_it(method):
+    from refusion.inference.pipeline import upscale_lq
+
+    pipe, lq = _pipeline(lq_upscale=2), _image(12, 16)
+    run = lambda **kw: pipe(lq, num_inference_steps=2, output_type="pt", progress=False,  # noqa: E731
+                            generator=torch.Generator().manual_seed(0), **kw).images
+    plain, fixed = run(), run(color_fix=method)
+    assert fixed.shape == (1, 3, 24, 32)
+    torch.testing.assert_close(fixed, apply_color_fix(plain, upscale_lq(lq, 2), method).clamp(0, 1), atol=1e-5, rtol=0)
+    assert (fixed - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="color_fix must be None"):
+        run(color_fix="Wavelet")
+    sampled = refusion.sample(lq, steps=2, model=pipe, generator=torch.Generator().manual_seed(0), progress=False,
+                              color_fix=method)
+    torch.testing.assert_close(sampled, fixed, atol=1e-6, rtol=0)
+
+
+def test_sample_self_ensemble_refuses_a_stereo_model():
+    pipe = _pipeline(stereo=True)
+    with pytest.raises(ValueError, match="stereo network StereoNAFNet.*horizontal flip would have to swap the views"):
+        refusion.sample(torch.rand(1, 6, 16, 16), steps=2, model=pipe, progress=False, self_ensemble=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["COLOR_FIXES", "WAVELET_LEVELS", "check_color_fix", "apply_color_fix", "adain_color_fix",
+__all__ = ["COLOR_FIXES", "WAVELET_LEVELS", "check_color_fix", "apply_color_fix", "fix_restored", "adain_color_fix",
            "wavelet_color_fix", "wavelet_decomposition"]
 
 COLOR_FIXES = ("adain", "wavelet")
@@ -105,3 +105,14 @@ def wavelet_color_fix(output: torch.Tensor, reference: torch.Tensor, levels: int
     high, _ = wavelet_decomposition(output, levels)
     _, low = wavelet_decomposition(reference, levels)
     return high + low
+
+
+def fix_restored(restored: torch.Tensor, reference: torch.Tensor, method: str | None) -> torch.Tensor:
+    """The pipeline's colour fix: ``restored`` (B, C, H, W), or (K, B, C, H, W) samples of each image,
+    clamped to [0, 1] and fixed toward ``reference`` (B, C, H, W); unchanged when ``method`` is None."""
+    if check_color_fix(method) is None:
+        return restored
+    clamped = restored.clamp(0.0, 1.0)
+    if restored.dim() == reference.dim() + 1:      # every sample toward its image
+        return torch.stack([apply_color_fix(sample, reference, method) for sample in clamped])
+    return apply_color_fix(clamped, reference, method)

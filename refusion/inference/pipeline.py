@@ -38,6 +38,7 @@ from refusion.data.lens import lens_arguments, lens_batch
 from refusion.inference.loading import (REGRESSOR_NAMES, is_unconditional, load_network, network_channels, own_memory,
                                         read_run_task, spatial_multiple, weights_dir)
 from refusion.inference.allocator import tune_malloc_for
+from refusion.inference.color_fix import check_color_fix, fix_restored
 from refusion.inference.ensemble import (check_ensemble_network, ensemble_predict, mean_over_ensemble,
                                          repeat_for_ensemble, shared_noise)
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
@@ -264,6 +265,8 @@ class RefusionPipeline(DiffusionPipeline):
         lens_info: Any = None,
         num_samples: int = 1,
         chunk_size: int | None = None,
+        self_ensemble: bool = False,
+        color_fix: str | None = None,
     ):
         """Restore ``image`` (tensor (B,C,H,W)/(C,H,W) in [0,1], numpy HWC, PIL image or list of them).
 
@@ -285,15 +288,22 @@ class RefusionPipeline(DiffusionPipeline):
         ``chunk_size``: samples per network batch (None: automatic, see
         refusion.inference.sample_chunks.AUTO_CHUNK_PIXELS); the result does not depend on it.
         refusion.sample_posterior returns the samples with their mean and std.
+
+        ``self_ensemble``: 8 trajectories, one per flip/rotation of the noise network's inputs, sharing
+        one noise field, averaged (8 network calls a step; refusion.inference.ensemble; refused for
+        stereo networks). ``color_fix``: None (off), "adain" or "wavelet": each result (each sample)
+        gets the colours of the input as the SDE sees it, after any SR upscaling
+        (refusion.inference.color_fix).
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         check_num_samples(num_samples)
+        check_color_fix(color_fix)
         tune_malloc_for(self.device)
         with torch.inference_mode():
             restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
                                      latent, cond, progress, half, lens_info=lens_info, num_samples=num_samples,
-                                     chunk_size=chunk_size)
+                                     chunk_size=chunk_size, self_ensemble=self_ensemble, color_fix=color_fix)
         if num_samples > 1:      # (K, B, ...) -> image-major (B * K, ...)
             restored = restored.transpose(0, 1).reshape(-1, *restored.shape[2:])
         # clamp and copy outside inference mode: callers get an ordinary tensor they may edit in place
@@ -301,7 +311,8 @@ class RefusionPipeline(DiffusionPipeline):
         return RefusionPipelineOutput(images=images) if return_dict else (images,)
 
     def _restore(self, image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap, latent, cond,
-                 progress, half, *, lens_info=None, num_samples=1, chunk_size=None) -> torch.Tensor:
+                 progress, half, *, lens_info=None, num_samples=1, chunk_size=None, self_ensemble=False,
+                 color_fix=None) -> torch.Tensor:
         """(B, C, H, W) restored images; (K, B, C, H, W) samples when num_samples K > 1."""
         lq, _ = to_batch(image)
         device = self.device
@@ -332,13 +343,15 @@ class RefusionPipeline(DiffusionPipeline):
                 raise ValueError(f"the noise network takes {network_channels(self.unet)}-channel images, "
                                  f"got an image with {channels} channels")
             sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
-                            multiple=spatial_multiple(self.unet), progress=bar, half=half)
-            return sde_samples(self.unet, scheduler, lq, cond, lens_info, generator, samples, sampling)
-        return self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half,
-                                   lens_info=lens_info, samples=samples)
+                            multiple=spatial_multiple(self.unet), progress=bar, half=half, self_ensemble=self_ensemble)
+            restored = sde_samples(self.unet, scheduler, lq, cond, lens_info, generator, samples, sampling)
+        else:
+            restored = self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half,
+                                           lens_info=lens_info, samples=samples, self_ensemble=self_ensemble)
+        return fix_restored(restored, lq, color_fix)
 
     def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half, *,
-                       lens_info=None, samples=None):
+                       lens_info=None, samples=None, self_ensemble=False):
         """Encode LQ (tiled), run the SDE on latents, decode with the LQ image's skips (tiled).
 
         ``tile_size``/``tile_overlap`` are in image pixels: the autoencoder runs on tiles of
@@ -371,7 +384,7 @@ class RefusionPipeline(DiffusionPipeline):
             latent_tile = max(multiple, tile_size // factor // multiple * multiple)
             latent_overlap = min(max(tile_overlap // factor, 4), latent_tile - 1)
         sampling = dict(num_inference_steps=steps, tile_size=latent_tile, tile_overlap=latent_overlap or 0,
-                        multiple=multiple, progress=bar, half=half)
+                        multiple=multiple, progress=bar, half=half, self_ensemble=self_ensemble)
         latent_x0 = sde_samples(self.unet, scheduler, mu, cond, lens_info, generator, samples, sampling)
 
         def decode(latent_x0):
@@ -479,15 +492,19 @@ def sample(
     cond: torch.Tensor | None = None,
     half: bool = False,
     lens_info: Any = None,
+    self_ensemble: bool = False,
+    color_fix: str | None = None,
 ) -> Any:
     """Restore ``lq`` with the reverse IR-SDE; returns the same kind as ``lq`` (tensor/numpy/PIL).
 
     ``model``: a run directory or saved pipeline directory (str/Path), a RefusionPipeline, or any
     noise network ``net(x_t, mu, t)`` (then ``scheduler`` or a default IRSDEScheduler()).
-    ``lens_info``: the bokeh network's lens information (see RefusionPipeline.__call__).
+    ``lens_info``: the bokeh network's lens information; ``self_ensemble``, ``color_fix``: the x8
+    self-ensemble and the colour fix (see RefusionPipeline.__call__).
     """
     if model is None:
         raise ValueError(_NO_MODEL_SDE)
+    check_color_fix(color_fix)
     if isinstance(model, (str, Path)):
         model = load_pipeline(model)
     if isinstance(model, torch.nn.Module) and type(model).__name__ in REGRESSOR_NAMES:
@@ -501,17 +518,18 @@ def sample(
             model = model.to(device)
         out = model(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator,
                     output_type="pt", tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
-                    cond=cond, progress=progress, half=half, lens_info=lens_info).images
+                    cond=cond, progress=progress, half=half, lens_info=lens_info, self_ensemble=self_ensemble,
+                    color_fix=color_fix).images
         return from_batch(out, kind)
     out = network_sample(model, x, steps=steps, scheduler=scheduler, sampler=sampler, eta=eta, generator=generator,
                          tile_size=tile_size, tile_overlap=tile_overlap, latent=latent, cond=cond, progress=progress,
-                         half=half, lens_info=lens_info, device=device)
-    return from_batch(out.clamp(0.0, 1.0), kind)
+                         half=half, lens_info=lens_info, device=device, self_ensemble=self_ensemble)
+    return from_batch(fix_restored(out, x.to(out.device), color_fix).clamp(0.0, 1.0), kind)
 
 
 def network_sample(model, x: torch.Tensor, *, steps, scheduler, sampler, eta, generator, tile_size, tile_overlap,
                    latent, cond, progress, half, lens_info, device, num_samples: int = 1,
-                   chunk_size: int | None = None) -> torch.Tensor:
+                   chunk_size: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
     """``sample`` with a bare noise network on a (B, C, H, W) batch: (B, ...) or, for num_samples K > 1,
     (K, B, ...) samples (generators and chunks as RefusionPipeline.__call__), not clamped."""
     if not callable(model):
@@ -531,7 +549,8 @@ def network_sample(model, x: torch.Tensor, *, steps, scheduler, sampler, eta, ge
         validate_tiling(tile_size, tile_overlap, spatial_multiple(model))
     samples = None if num_samples == 1 else (sample_generators(generator, num_samples, x.shape[0], device), chunk_size)
     sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
-                    multiple=spatial_multiple(model), progress=_tqdm_steps if progress else (lambda s: s), half=half)
+                    multiple=spatial_multiple(model), progress=_tqdm_steps if progress else (lambda s: s), half=half,
+                    self_ensemble=self_ensemble)
     with torch.inference_mode():
         return sde_samples(model, sched, x, None if cond is None else cond.to(device), lens_info, generator, samples,
                            sampling)
