@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 from refusion.config import load_recipe
-from refusion.evaluation.evaluate import evaluate_runs
-from refusion.data.synthetic import build_dataset
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # the paper setting, then the few-step samplers of docs/sampling.md (the Euler sde at 100 steps costs as
@@ -24,6 +22,8 @@ DEFAULT_SAMPLERS = ("posterior:100", "posterior:20", "mr_sde:10", "mr_ode:10", "
 
 
 def _dataset(root: Path, task: str, seed: int) -> None:
+    from refusion.data.synthetic import build_dataset
+
     manifest = root / "manifest.json"
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
@@ -56,15 +56,17 @@ def _train(recipe_name: str, data: Path, runs: Path, iters: int | None, step: st
 
 def run_demo(*, task: str = "noise", seed: int = 0, data: Path = Path("data/quickstart"),
              runs: Path = Path("runs"), out: Path = Path("report/quickstart"), iters: int | None = None,
-             samplers=DEFAULT_SAMPLERS, progress: bool = True) -> dict:
-    """Build the data, train both models, evaluate; returns evaluate_runs' result."""
+             samplers=DEFAULT_SAMPLERS, progress: bool = True, device: str = "cpu") -> dict:
+    """Build the data, train both models, evaluate (on ``device``); returns evaluate_runs' result."""
+    from refusion.evaluation.evaluate import evaluate_runs
+
     start = time.perf_counter()
     _dataset(data, task, seed)
     nafnet = _train("quickstart_nafnet.yml", data, runs, iters, "[2/4]")
     sde = _train("quickstart_sde.yml", data, runs, iters, "[3/4]")
     print(f"[4/4] evaluating on {data / 'test'} with samplers {', '.join(samplers)}")
     result = evaluate_runs([sde, nafnet], data / "test" / "gt", data / "test" / "lq", out, samplers=samplers,
-                           seed=seed, progress=progress)
+                           seed=seed, progress=progress, device=device)
     print()
     print((out / "results.md").read_text())
     for name, path in result["artefacts"].items():
@@ -73,18 +75,24 @@ def run_demo(*, task: str = "noise", seed: int = 0, data: Path = Path("data/quic
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's own options (`refusion demo` adds the shared ones: --device, --threads, --no-progress)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="noise",
                         help="synthetic degradation: noise (default: the tiny models learn it in minutes), shadow, blur, "
                              "haze, rain, lowlight")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset, the trainings and the noise "
+                                                            "(default 0)")
     parser.add_argument("--data", type=Path, default=Path("data/quickstart"))
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--out", type=Path, default=Path("report/quickstart"))
     parser.add_argument("--iters", type=int, default=None, help="override the recipes' training iterations")
     parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLERS), help="SDE settings as SAMPLER:STEPS")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     run_demo(task=args.task, seed=args.seed, data=args.data, runs=args.runs, out=args.out, iters=args.iters,
              samplers=args.samplers)
     return 0

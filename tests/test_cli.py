@@ -1,14 +1,20 @@
 """The `refusion` command: the subcommand table, exit statuses, and tools/*.py as wrappers of it."""
 from __future__ import annotations
 
+import argparse
 import ast
+import json
+import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from refusion.cli import COMMANDS, main
+from refusion.cli import COMMANDS, common, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +56,164 @@ def test_tools_are_thin_wrappers_of_the_cli():
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert any(m in modules for m in imported), f"{tool.name} does not call a refusion.cli command"
         assert len(tool.read_text().splitlines()) <= 10, f"{tool.name} holds more than a wrapper"
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared flags (refusion/cli/common.py): the same spelling and meaning on every command
+
+# command -> the shared flags it has (the specification: a flag missing from a command's --help fails)
+SHARED_FLAGS = {
+    "train": {"--device", "--threads", "--seed"},
+    "restore": {"--device", "--threads", "--model", "--half", "--tile", "--steps", "--seed", "--no-progress"},
+    "evaluate": {"--device", "--threads", "--seed", "--no-progress"},
+    "import": {"--threads"},
+    "convert": {"--threads"},
+    "export": {"--threads"},
+    "benchmark": {"--threads"},
+    "dataset": {"--threads", "--seed", "--no-progress"},
+    "app": {"--device", "--threads", "--model", "--half", "--tile", "--steps", "--seed"},
+    "demo": {"--device", "--threads", "--seed", "--no-progress"},
+    "sampling-study": {"--device", "--threads", "--model", "--steps", "--seed", "--no-progress"},
+    "sampling-trajectory": {"--device", "--threads", "--model", "--steps"},
+}
+# the least each command needs to parse (paths need not exist: parsing stops before any work)
+MINIMAL_ARGS = {
+    "train": ["recipe.yml"],
+    "restore": ["in.png", "-o", "out", "--model", "run"],
+    "evaluate": ["run", "--gt", "gt", "--lq", "lq", "--out", "report"],
+    "import": ["out", "--weights", "w.pth"],
+    "convert": ["w.pth", "out", "--arch", "NAFNet"],
+    "export": ["run", "out.onnx"],
+    "benchmark": ["gemm"],
+    "dataset": ["--task", "noise", "--out", "ds"],
+    "app": ["--model", "run"],
+    "demo": [],
+    "sampling-study": ["--model", "run", "--data", "data"],
+    "sampling-trajectory": ["--model", "run", "--data", "data"],
+}
+
+
+class _Parsed(Exception):
+    def __init__(self, namespace):
+        self.namespace = namespace
+
+
+@pytest.fixture
+def stop_after_parsing(monkeypatch):
+    """Make every parser raise _Parsed(namespace) once it has parsed: the command does no work."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, args=None, namespace=None):
+        raise _Parsed(real(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+
+
+def test_the_specification_covers_every_command():
+    assert set(SHARED_FLAGS) == set(COMMANDS) - {"gpu-check"} == set(MINIMAL_ARGS)
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_FLAGS))
+def test_each_command_help_lists_its_shared_flags(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    # the option lines of the help ("  --model MODEL, --run MODEL   help..."), not the flags its prose mentions
+    options = {flag for line in re.findall(r"^ {2}(-.*?)(?: {2,}|$)", out, re.M)
+               for flag in re.findall(r"--[a-z][a-z-]*", line)}
+    assert options & {flag for flag, _ in common.SHARED.values()} == SHARED_FLAGS[name]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, flags in SHARED_FLAGS.items() if "--device" in flags))
+def test_device_defaults_to_auto(name, stop_after_parsing):
+    with pytest.raises(_Parsed) as parsed:
+        main([name, *MINIMAL_ARGS[name]])
+    assert parsed.value.namespace.device == "auto"
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_FLAGS))
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_bad_threads_value_is_a_usage_error_naming_the_flag(name, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([name, *MINIMAL_ARGS[name], "--threads", value])
+    assert info.value.code == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(n for n, flags in SHARED_FLAGS.items() if "--device" in flags))
+def test_a_misspelt_device_is_a_usage_error(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([name, *MINIMAL_ARGS[name], "--device", "gpu"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "'gpu'" in err and "cuda:N" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: a CUDA request is not an error here")
+@pytest.mark.parametrize("name", ["train", "evaluate", "sampling-study", "demo"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_a_usage_error_naming_the_flag(name, device, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([name, *MINIMAL_ARGS[name], "--device", device])
+    assert info.value.code == 2
+    assert f"--device {device}: CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: a CUDA request is not an error here")
+def test_restore_refuses_cuda_without_cuda_before_reading_anything(tmp_path, capsys):
+    status = main(["restore", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out"), "--model",
+                   str(tmp_path / "missing"), "--device", "cuda"])
+    assert status == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def test_threads_flag_sets_torch_threads_and_is_kept_for_accelerate(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    before = torch.get_num_threads()
+    try:
+        assert common.set_threads(1) == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_threads_follow_the_affinity_mask_and_the_launch(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert common.default_threads() == 6
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")   # four processes of one launch on this machine
+    assert common.default_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert common.default_threads() == 1
+
+
+def test_tile_zero_is_the_whole_image_everywhere(stop_after_parsing):
+    for name in ("restore", "app"):
+        with pytest.raises(_Parsed) as parsed:
+            main([name, *MINIMAL_ARGS[name], "--tile", "0"])
+        assert parsed.value.namespace.tile is None
+        with pytest.raises(_Parsed) as parsed:
+            main([name, *MINIMAL_ARGS[name], "--tile", "256"])
+        assert parsed.value.namespace.tile == 256
+
+
+def test_auto_device_is_the_cpu_without_cuda_and_names_are_checked():
+    if not torch.cuda.is_available():
+        assert common.resolve_device("auto") == torch.device("cpu")
+    assert common.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(argparse.ArgumentTypeError, match="cuda:N"):
+        common.device_name("cuda:x")
+
+
+def test_import_refusion_is_light_and_every_public_name_resolves():
+    code = ("import sys, refusion\nlight = 'torch' not in sys.modules\n"
+            "missing = [n for n in refusion.__all__ if getattr(refusion, n, None) is None]\nprint(light, missing)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.split() == ["True", "[]"], proc.stderr
+    # the names type checkers (and tests/test_layering.py) see are the lazily served ones
+    tree = ast.parse((ROOT / "refusion" / "__init__.py").read_text())
+    checked = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and node.module and node.module.startswith("refusion") for alias in node.names}
+    import refusion
+    assert checked == set(refusion.__all__)

@@ -242,3 +242,48 @@ def test_sample_self_ensemble_refuses_a_stereo_model():
     pipe = _pipeline(stereo=True)
     with pytest.raises(ValueError, match="stereo network StereoNAFNet.*horizontal flip would have to swap the views"):
         refusion.sample(torch.rand(1, 6, 16, 16), steps=2, model=pipe, progress=False, self_ensemble=True)
+
+
+def test_posterior_samples_are_ensembled_and_colour_fixed_one_by_one():
+    from refusion.inference.posterior import sample_posterior
+
+    pipe, lq = _pipeline(), _image(16, 24)
+    options = dict(steps=2, sampler="mr_sde", progress=False, self_ensemble=True, color_fix="adain")
+    post = sample_posterior(lq, model=pipe, num_samples=2, generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+                            **options)
+    for k, seed in enumerate((3, 4)):
+        alone = refusion.sample(lq, model=pipe, generator=torch.Generator().manual_seed(seed), **options)
+        torch.testing.assert_close(post.samples[k], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(post.mean, post.samples.mean(0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["regressor", "sde"])
+def test_restore_command_self_ensemble_and_color_fix(tmp_path, kind, capsys):
+    from refusion.cli import restore as restore_cli
+    from refusion.data.image_io import read_image, write_image
+    from refusion.models.nafnet import NAFNet
+
+    torch.manual_seed(0)
+    if kind == "regressor":
+        model = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+        with torch.no_grad():
+            model.ending.weight.normal_(0, 0.05)
+    else:
+        model = _pipeline()
+    model.save_pretrained(tmp_path / "model")
+    write_image(tmp_path / "in" / "a.png", _image(24, 40)[0].permute(1, 2, 0).numpy(), bit_depth=16)
+    image = read_image(tmp_path / "in" / "a.png")
+    argv = [str(tmp_path / "in"), "--model", str(tmp_path / "model"), "--steps", "2", "--seed", "1", "--no-progress"]
+    assert restore_cli.main(argv + ["-o", str(tmp_path / "plain")]) == 0
+    assert restore_cli.main(argv + ["-o", str(tmp_path / "out"), "--self-ensemble", "--color-fix", "wavelet"]) == 0
+    options = dict(progress=False, self_ensemble=True, color_fix="wavelet")
+    if kind == "regressor":
+        expected = refusion.restore(image, model=model, **options)
+    else:
+        expected = refusion.sample(image, steps=2, model=model, generator=torch.Generator().manual_seed(1), **options)
+    out = read_image(tmp_path / "out" / "a.png")
+    assert abs(out - expected).max() < 1e-4
+    assert abs(out - read_image(tmp_path / "plain" / "a.png")).max() > 1e-3
+    with pytest.raises(SystemExit) as info:
+        restore_cli.parse_args(argv + ["-o", str(tmp_path / "x"), "--color-fix", "sepia"])
+    assert info.value.code == 2 and "invalid choice: 'sepia'" in capsys.readouterr().err

@@ -97,7 +97,9 @@ def _accuracy(state: dict) -> dict:
         result["sde"] = {"run": str(state["run"]), "sampler": ACCURACY_SAMPLER, "steps": ACCURACY_STEPS, "seed": 0,
                          "psnr_half_vs_fp32_db": {k: psnr_db(sde(x, True), sde(x, False), 1.0) for k, x in images.items()}}
     if state.get("regressor_run"):
-        net = refusion.inference.loading.load_regressor(state["regressor_run"])
+        from refusion.inference.loading import load_regressor
+
+        net = load_regressor(state["regressor_run"])
 
         def regress(lq, half):
             return refusion.restore(lq, model=net, progress=False, half=half)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from refusion.cli import common
 from refusion.cli.app_service import (SAMPLE_DEGRADATIONS, AppInputError, AppService, Limits, LoadedModel,
                                       Settings, metrics_markdown, preview, read_upload)
 
@@ -79,12 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="official option file of the --model checkpoint file right before it")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-    p.add_argument("--steps", type=int, default=None, help="the page's initial step count (default: the model's "
-                                                            "trained steps, at most --max-steps)")
-    p.add_argument("--tile", type=int, default=None, help="the page's initial tile size in pixels (default: whole image)")
-    p.add_argument("--seed", type=int, default=0, help="the page's initial noise seed (default 0)")
-    p.add_argument("--half", action="store_true", help="half precision checked in the page at start")
     p.add_argument("--max-megapixels", type=float, default=25.0,
                    help="largest image accepted, checked before decoding (default 25 megapixels, 6000x4000 fits)")
     p.add_argument("--max-steps", type=int, default=100, help="largest step count a request may ask for (default 100)")
@@ -92,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests restored at the same time (default 1; the rest wait in the queue)")
     p.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (default 32)")
+    common.add_shared(p, "device", "threads", "steps", "tile", "seed", "half",
+                      steps=dict(help="the page's initial step count (default: the model's trained steps, at most "
+                                      "--max-steps)"),
+                      tile=dict(help="the page's initial tile size in pixels (default or 0: whole image)"),
+                      seed=dict(help="the page's initial noise seed (default 0)"),
+                      half=dict(help="half precision checked in the page at start (bfloat16 on CPUs that compute it "
+                                     "natively, float16 on CUDA)"))
     args = p.parse_args(argv)
     if not args.models:
         p.error("--model is required (a run directory, a saved model or an official checkpoint file)")
@@ -123,15 +125,10 @@ def check_args(args) -> Limits:
 
 
 def resolve_device(name: str):
-    import torch
-
-    from refusion.cli.restore import UsageError as RestoreUsageError, resolve_device as restore_device
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """--device as refusion.cli.common resolves it for every command; UsageError when the machine lacks it."""
     try:
-        return restore_device(name)
-    except RestoreUsageError as exc:
+        return common.resolve_device(name)
+    except common.UsageError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -274,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         limits = check_args(args)
+        common.set_threads(args.threads)
         device = resolve_device(args.device)
     except UsageError as exc:
         print(f"app: error: {exc}", file=sys.stderr)

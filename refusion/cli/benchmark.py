@@ -24,29 +24,29 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from refusion.cli import common
 
-from refusion.benchmarks import perf
-from refusion.inference.allocator import tune_malloc
-from refusion.benchmarks.allocator import bench_allocator
-from refusion.benchmarks.block_ops import bench_block_ops
-from refusion.benchmarks.common import NETWORKS, bench_gemm
-from refusion.benchmarks.ensemble import bench_ensemble
-from refusion.benchmarks.half_path import bench_half_path
-from refusion.benchmarks.large_image import bench_large_image
-from refusion.benchmarks.layers import bench_layers
-from refusion.benchmarks.networks import bench_layernorm, bench_networks
-from refusion.benchmarks.official import bench_official
-from refusion.benchmarks.sampling import bench_sampling, bench_scheduler
-from refusion.benchmarks.training import bench_dataloader, bench_threading, bench_train_step
-
+# name -> "module:function" of refusion.benchmarks, imported when the benchmark runs (`--help` stays fast)
 BENCHMARKS = {
-    "threading": bench_threading, "gemm": bench_gemm, "networks": bench_networks, "layernorm": bench_layernorm,
-    "scheduler": bench_scheduler, "sampling": bench_sampling, "half_path": bench_half_path,
-    "train_step": bench_train_step, "dataloader": bench_dataloader, "large_image": bench_large_image,
-    "allocator": bench_allocator, "block_ops": bench_block_ops, "layers": bench_layers,
-    "official": bench_official, "ensemble": bench_ensemble,
+    "threading": "training:bench_threading", "gemm": "common:bench_gemm", "networks": "networks:bench_networks",
+    "layernorm": "networks:bench_layernorm", "scheduler": "sampling:bench_scheduler",
+    "sampling": "sampling:bench_sampling", "half_path": "half_path:bench_half_path",
+    "train_step": "training:bench_train_step", "dataloader": "training:bench_dataloader",
+    "large_image": "large_image:bench_large_image", "allocator": "allocator:bench_allocator",
+    "block_ops": "block_ops:bench_block_ops", "layers": "layers:bench_layers", "official": "official:bench_official",
+    "ensemble": "ensemble:bench_ensemble",
 }
+
+
+def benchmark_function(name: str):
+    """The ``bench_<name>(state) -> dict`` function of a BENCHMARKS entry."""
+    import importlib
+
+    entry = BENCHMARKS[name]
+    if callable(entry):
+        return entry
+    module, function = entry.split(":")
+    return getattr(importlib.import_module(f"refusion.benchmarks.{module}"), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,21 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (implied by --full)")
     parser.add_argument("--onnx", action="store_true",
                         help="networks benchmark: also time the ONNX export under ONNX Runtime (needs .[onnx])")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--run", help="a trained sde run directory (sampling and half_path benchmarks)")
     parser.add_argument("--regressor-run", help="a trained regressor run directory (half_path accuracy)")
     parser.add_argument("--images", help="a folder of LQ images for the half_path accuracy (default: one synthetic)")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="leave glibc malloc alone in this process (the library tunes it on CPU by default)")
-    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), help="networks benchmark: only these")
+    parser.add_argument("--networks", nargs="+", metavar="NAME",
+                        help="networks benchmark: only these (names of refusion.benchmarks.common.NETWORKS)")
+    common.add_shared(parser, "threads")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.apply_shared(parser, args)
+    from refusion.benchmarks import perf
+    from refusion.benchmarks.common import NETWORKS
+    from refusion.inference.allocator import tune_malloc
+
+    unknown = [n for n in args.networks or () if n not in NETWORKS]
+    if unknown:
+        parser.error(f"argument --networks: unknown network(s) {unknown}; choose from {list(NETWORKS)}")
     selected = args.benchmarks or list(BENCHMARKS)
     # measure what users get: the pipeline, restore and training tune malloc on CPU
     malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in selected:
         start = time.perf_counter()
         try:
-            state["results"][name] = BENCHMARKS[name](state)
+            state["results"][name] = benchmark_function(name)(state)
         except Exception as exc:  # noqa: BLE001 - keep the other benchmarks' results
             import traceback
 

@@ -13,22 +13,31 @@ import argparse
 import json
 import sys
 
-from refusion.official.checkpoints import CheckpointError, load_official
-from refusion.models import MODELS
+from refusion.cli import common
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="official checkpoint file (.pth / .pt)")
     parser.add_argument("out_dir", help="directory to write (save_pretrained layout)")
-    parser.add_argument("--arch", required=True, choices=sorted(MODELS), help="network class")
+    parser.add_argument("--arch", required=True, help="network class, a name of refusion.models.MODELS (e.g. NAFNet)")
     parser.add_argument("--args", default="{}", help="constructor arguments as a JSON object")
     parser.add_argument("--param-key", default=None, help="wrapper key to read, e.g. params_ema (default: auto)")
-    return parser.parse_args(argv)
+    common.add_shared(parser, "threads")
+    args = parser.parse_args(argv)
+    common.apply_shared(parser, args)
+    from refusion.models import MODELS
+
+    if args.arch not in MODELS:
+        parser.error(f"argument --arch: unknown network {args.arch!r}; choose from {', '.join(sorted(MODELS))}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    from refusion.models import MODELS
+    from refusion.official.checkpoints import CheckpointError, load_official
+
     try:
         kwargs = json.loads(opts.args)
     except json.JSONDecodeError as err:

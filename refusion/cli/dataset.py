@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
+from refusion.cli import common
 from refusion.data.degradations import TASKS
-from refusion.data.synthetic import build_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,7 +24,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"degradation: one of {', '.join(TASKS)}; a comma-separated list; or 'all'. "
                              "With several tasks each goes to OUT/<task>")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical dataset)")
     parser.add_argument("--size", type=int, default=128, help="crop side in pixels (default 128)")
     parser.add_argument("--num-train", type=int, default=60, help="training pairs (default 60)")
     parser.add_argument("--num-val", type=int, default=4, help="validation pairs (default 4)")
@@ -34,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crops-per-image", type=int, default=None,
                         help="take this many crops from every photograph instead of the --num-* totals")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    common.add_shared(parser, "threads", "seed", "no-progress",
+                      seed=dict(help="random seed (same seed -> byte-identical dataset; default 0)"))
     args = parser.parse_args(argv)
+    common.apply_shared(parser, args)
     tasks = list(TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -45,10 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from tqdm import tqdm
+
+    from refusion.data.synthetic import build_dataset
+
     for task in args.tasks:
         out = args.out if len(args.tasks) == 1 else args.out / task
         start = time.perf_counter()
-        bar = lambda jobs, task=task: tqdm(jobs, desc=f"{task}", unit="pair", leave=False)  # noqa: E731
+        bar = lambda jobs, task=task: tqdm(jobs, desc=f"{task}", unit="pair", leave=False,  # noqa: E731
+                                           disable=args.no_progress)
         manifest = build_dataset(out, task, seed=args.seed, size=args.size, num_train=args.num_train,
                                  num_val=args.num_val, num_test=args.num_test,
                                  crops_per_image=args.crops_per_image, overwrite=args.overwrite, progress=bar)

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from refusion.evaluation.evaluate import evaluate_runs
+from refusion.cli import common
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lq", required=True, type=Path, help="folder of degraded test images (same file stems)")
     parser.add_argument("--out", required=True, type=Path, help="report folder")
     parser.add_argument("--samplers", nargs="+", default=["posterior:100"], help="SDE settings as SAMPLER:STEPS")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--crop-border", type=int, default=0)
     parser.add_argument("--test-y-channel", action="store_true")
@@ -40,11 +38,19 @@ def main(argv: list[str] | None = None) -> int:
                                 "('input (LQ)', 'RUN [SAMPLER, STEPS]') or a run name naming one row "
                                 "(default: the first regressor, else no comparison)")
     reference.add_argument("--no-reference", action="store_true", help="no paired differences")
+    common.add_shared(parser, "device", "threads", "seed", "no-progress",
+                      seed=dict(help="noise seed of the first test image; image i uses SEED + i (default 0)"),
+                      device=dict(help=f"{common.DEVICE_FORMS} (default: auto, i.e. CUDA when available, else CPU); "
+                                       "under accelerate launch 'auto' and 'cuda' are each process's own GPU"))
     args = parser.parse_args(argv)
+    args.device = str(common.apply_shared(parser, args))
+    from refusion.evaluation.evaluate import evaluate_runs   # after --help: it imports torch
+
     try:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
                                device=args.device, max_images=args.max_images, crop_border=args.crop_border,
                                test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta,
+                               progress=not args.no_progress,
                                reference=False if args.no_reference else args.reference)
     except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
         print(f"evaluate: error: {exc}", file=sys.stderr)

@@ -12,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from refusion.inference.export import export_onnx
-from refusion.inference.loading import load_network, weights_dir
+from refusion.cli import common
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,11 +23,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which weights of a run: final (model) or best validation PSNR (best)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return parser.parse_args(argv)
+    common.add_shared(parser, "threads")
+    args = parser.parse_args(argv)
+    common.apply_shared(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    from refusion.inference.export import export_onnx
+    from refusion.inference.loading import load_network, weights_dir
+
     folder = opts.model if (opts.model / "config.json").is_file() else weights_dir(opts.model, opts.weights)
     if opts.output.exists() and not opts.overwrite:
         print(f"error: {opts.output} exists; pass --overwrite to replace it", file=sys.stderr)

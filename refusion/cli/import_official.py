@@ -22,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from refusion.cli import common
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -34,7 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SDE settings without --options: max_sigma=50 T=100 schedule=cosine eps=0.005")
     p.add_argument("--param-key", default=None, help="checkpoint wrapper key, e.g. params_ema (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    return p.parse_args(argv)
+    common.add_shared(p, "threads")
+    args = p.parse_args(argv)
+    common.apply_shared(p, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

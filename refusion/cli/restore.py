@@ -58,7 +58,7 @@ from accelerate.utils import gather_object
 from refusion.cli import common
 from refusion.cli.restore_posterior import add_posterior_args, check_posterior_flags, restore_posterior
 from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest, prepare_output,
-                                       process_state, report, run_share, settings_of, write_summary)
+                                       report, restore_state, run_share, settings_of, write_summary)
 from refusion.data.image_io import IMAGE_EXTENSIONS, image_bit_depth, read_image, write_image
 from refusion.data.lens import LensInfo, LensMetadataError, lens_info, lens_info_for, read_lens_metadata
 from refusion.inference.pipeline import RefusionPipeline, load_pipeline, takes_lens_info
@@ -92,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
     p.add_argument("--latent", choices=("auto", "on", "off"), default="auto",
                    help="latent (autoencoder) path for models that have one (default auto: large images)")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="x8 self-ensemble: the mean over the 8 flips and 90-degree rotations of each image (8x the "
+                        "network calls; not for stereo models)")
+    p.add_argument("--color-fix", choices=("adain", "wavelet"), default=None,
+                   help="give each result its input's colours: adain (per-channel mean and std) or wavelet (the "
+                        "input's low frequencies under the result's detail)")
     tlc = p.add_mutually_exclusive_group()
     tlc.add_argument("--tlc", type=int, default=None,
                      help="regressors: test-time local converter with this training patch size (default: what the "
@@ -233,12 +239,13 @@ def restore_one(kind: str, model, image, args, device: torch.device, lens: LensI
         return restore_posterior(model, image, args, device, lens, sources, targets)
     if kind == "regressor":
         return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc_size,
-                       progress=False, half=args.half)
+                       progress=False, half=args.half, self_ensemble=args.self_ensemble, color_fix=args.color_fix)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     latent = {"auto": None, "on": True, "off": False}[args.latent]
     out = model(image, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta, generator=generator,
                 output_type="np", tile_size=args.tile, tile_overlap=args.overlap, latent=latent,
-                progress=not args.no_progress, half=args.half, lens_info=lens)
+                progress=not args.no_progress, half=args.half, lens_info=lens, self_ensemble=args.self_ensemble,
+                color_fix=args.color_fix)
     return out.images[0]
 
 
@@ -266,9 +273,9 @@ def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.set_threads(args.threads)
-    state = process_state()
     try:
         device = resolve_device(args.device)
+        state = restore_state(device)
         inputs = list_inputs(args.input)
         outputs = plan_outputs(inputs, args.output, args.input)
         check_summary_path(args.summary, inputs, outputs)

@@ -133,7 +133,8 @@ def restore_posterior(model, image: np.ndarray, args, device: torch.device, lens
     post = sample_posterior(image, model=model, num_samples=args.samples, steps=args.steps, sampler=args.sampler,
                             eta=args.eta, generator=torch.Generator(device=device).manual_seed(args.seed),
                             tile_size=args.tile, tile_overlap=args.overlap, latent=latent, half=args.half,
-                            lens_info=lens, progress=not args.no_progress, chunk_size=args.chunk_size)
+                            lens_info=lens, progress=not args.no_progress, chunk_size=args.chunk_size,
+                            self_ensemble=args.self_ensemble, color_fix=args.color_fix)
     views = len(targets)
     std_max = args.std_max if args.std_max is not None else DEFAULT_STD_MAX
     for v, (src, dst) in enumerate(zip(sources, targets)):

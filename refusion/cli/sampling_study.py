@@ -20,14 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from safetensors.torch import load_file
-
-from refusion.config import load_recipe
-from refusion.evaluation.evaluate import evaluate_runs
-from refusion.inference.pipeline import load_pipeline
-from refusion.evaluation.report import plot_steps_vs_quality, write_tables
-from refusion.schedulers.ir_sde import IRSDEScheduler
+from refusion.cli import common
 
 # name -> scheduler overrides; the name is also the row label of the table
 SETTINGS: dict[str, dict] = {
@@ -52,6 +45,8 @@ def load_checkpoint_weights(pipe, run: Path) -> Path:
     A run's model/ holds the EMA weights when train.ema_decay > 0; the EMA starts from the
     initial weights, so after a short run (decay**iters not small) it still carries part of them.
     """
+    from safetensors.torch import load_file
+
     checkpoints = sorted((run / "checkpoints").glob("step_*"))
     if not checkpoints:
         raise FileNotFoundError(f"--raw-weights: run {str(run)!r} has no checkpoints/step_* folder")
@@ -61,6 +56,9 @@ def load_checkpoint_weights(pipe, run: Path) -> Path:
 
 def write_setting(run: Path, name: str, out: Path, *, raw_weights: bool = False) -> Path:
     """A saved pipeline folder holding the run's network and a scheduler configured for `name`."""
+    from refusion.inference.pipeline import load_pipeline
+    from refusion.schedulers.ir_sde import IRSDEScheduler
+
     if name not in SETTINGS:
         raise ValueError(f"sampler setting {name!r} is unknown; choose from {sorted(SETTINGS)}")
     pipe = load_pipeline(run)
@@ -74,6 +72,7 @@ def write_setting(run: Path, name: str, out: Path, *, raw_weights: bool = False)
 
 def train_if_needed(recipe_path: Path, data: Path | None) -> Path:
     """The recipe's run directory, trained first when it holds no final weights."""
+    from refusion.config import load_recipe
     from refusion.training import train
 
     overrides = []
@@ -109,8 +108,13 @@ def within_target(row: dict) -> bool:
 
 def run_study(run: Path, test_gt: Path, test_lq: Path, out: Path, *, settings: Sequence[str] = tuple(SETTINGS),
               steps: Sequence[int] = DEFAULT_STEPS, seed: int = 0, max_images: int | None = None,
-              progress: bool = True, raw_weights: bool = False) -> list[dict]:
+              progress: bool = True, raw_weights: bool = False, device: str = "cpu") -> list[dict]:
     """Evaluate every setting at every step count; write the combined tables and plot; return the rows."""
+    import torch
+
+    from refusion.evaluation.evaluate import evaluate_runs
+    from refusion.evaluation.report import plot_steps_vs_quality, write_tables
+
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     input_row = None
@@ -119,7 +123,7 @@ def run_study(run: Path, test_gt: Path, test_lq: Path, out: Path, *, settings: S
         sampler = SETTINGS[name]["sampler"]
         result = evaluate_runs([folder], test_gt, test_lq, out / "per_setting" / name,
                                samplers=[f"{sampler}:{n}" for n in steps], seed=seed, max_images=max_images,
-                               grid_images=1, progress=progress)
+                               grid_images=1, progress=progress, device=device)
         input_row = result["rows"][0]
         rows += result["rows"][1:]
         best = max(result["rows"][1:], key=lambda r: r["psnr"])
@@ -151,27 +155,25 @@ def _print_summary(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="a trained sde run directory (or saved pipeline folder)")
+    source.add_argument("--model", "--run", dest="run", type=Path, metavar="MODEL",
+                        help="a trained sde run directory (or saved pipeline folder)")
     source.add_argument("--recipe", type=Path, help="an sde recipe; trained first unless its run exists")
     parser.add_argument("--data", type=Path, required=True, help="dataset root with test/gt and test/lq")
     parser.add_argument("--out", type=Path, default=Path("report/sampling"))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--steps", nargs="+", type=int, default=list(DEFAULT_STEPS))
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--raw-weights", action="store_true",
                         help="use the raw (non-EMA) weights of the run's newest checkpoint instead of model/")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    common.add_shared(parser, "device", "threads", "steps", "seed", "no-progress",
+                      steps=dict(nargs="+", default=list(DEFAULT_STEPS),
+                                 help=f"sampling step counts (default: {' '.join(map(str, DEFAULT_STEPS))})"),
+                      seed=dict(help="noise seed of the first test image; image i uses SEED + i (default 0)"))
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    for n in args.steps:
-        if n < 1:
-            raise SystemExit(f"--steps {n}: every step count must be >= 1")
+    device = common.apply_shared(parser, args)
     run = args.run if args.run is not None else train_if_needed(args.recipe, args.data)
     run_study(run, args.data / "test" / "gt", args.data / "test" / "lq", args.out, settings=args.settings,
               steps=args.steps, seed=args.seed, max_images=args.max_images,
-              raw_weights=args.raw_weights)
+              raw_weights=args.raw_weights, progress=not args.no_progress, device=str(device))
     return 0
 
 

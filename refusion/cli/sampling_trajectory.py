@@ -18,51 +18,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from refusion.data.paired import find_pairs
-from refusion.data.image_io import read_image
-from refusion.inference.pipeline import load_pipeline
+from refusion.cli import common
 from refusion.cli.sampling_study import load_checkpoint_weights
-from refusion.schedulers.ir_sde import IRSDEScheduler
 
 
 def psnr_db(x: torch.Tensor, gt: torch.Tensor) -> float:
     """PSNR in dB of x (clamped to [0, 1]) against gt, float64."""
     mse = (x.clamp(0, 1).double() - gt.double()).square().mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-@torch.inference_mode()
 def trajectory(net, scheduler: IRSDEScheduler, lq: torch.Tensor, gt: torch.Tensor, steps: int, seed: int) -> dict:
     """One posterior (eta 1) run; the PSNR of x0_hat and of x_t at every step, and the final sample."""
+    import torch   # here, not at the top: `--help` answers without loading torch
+
     scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
-    x = scheduler.initial_sample(lq, generator=generator)
+    generator = torch.Generator(device=lq.device).manual_seed(seed)
     x0_psnr, xt_psnr, ts = [], [], []
-    for t in [int(v) for v in scheduler.timesteps]:
-        noise = net(x, lq, torch.full((lq.shape[0],), t, dtype=torch.long))
-        x0_psnr.append(psnr_db(scheduler.x0_from_noise(x, noise, t, mu=lq), gt))
-        xt_psnr.append(psnr_db(x, gt))
-        ts.append(t)
-        x = scheduler.step(noise, t, x, mu=lq, generator=generator).prev_sample
+    with torch.inference_mode():
+        x = scheduler.initial_sample(lq, generator=generator)
+        for t in [int(v) for v in scheduler.timesteps]:
+            noise = net(x, lq, torch.full((lq.shape[0],), t, dtype=torch.long, device=lq.device))
+            x0_psnr.append(psnr_db(scheduler.x0_from_noise(x, noise, t, mu=lq), gt))
+            xt_psnr.append(psnr_db(x, gt))
+            ts.append(t)
+            x = scheduler.step(noise, t, x, mu=lq, generator=generator).prev_sample
     return {"t": ts, "x0_hat_psnr": x0_psnr, "x_t_psnr": xt_psnr, "final": x.clamp(0, 1)}
 
 
 def run(run_dir: Path, data: Path, out: Path, steps_list: list[int], seeds: int, max_images: int | None,
-        raw_weights: bool) -> dict:
-    pipe = load_pipeline(run_dir)
+        raw_weights: bool, device: str = "cpu") -> dict:
+    import numpy as np
+    import torch
+
+    from refusion.data.image_io import read_image
+    from refusion.data.paired import find_pairs
+    from refusion.inference.pipeline import load_pipeline
+    from refusion.schedulers.ir_sde import IRSDEScheduler
+
+    pipe = load_pipeline(run_dir, device=device)
     if raw_weights:
         load_checkpoint_weights(pipe, run_dir)
     net = pipe.unet.eval()
     scheduler = IRSDEScheduler.from_config(pipe.scheduler.config, sampler="posterior", eta=1.0)
     pairs = find_pairs(data / "test" / "gt", data / "test" / "lq")[:max_images]
-    to_tensor = lambda path: torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float()  # noqa: E731
+    to_tensor = lambda path: torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float().to(device)  # noqa: E731
     report = {"run": str(run_dir), "raw_weights": raw_weights, "images": len(pairs), "seeds": seeds, "steps": {}}
     for steps in steps_list:
         per_step_x0, per_step_xt, finals, means = [], [], [], []
@@ -108,20 +113,20 @@ def _markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a trained sde run directory")
+    parser.add_argument("--model", "--run", dest="run", type=Path, required=True, metavar="MODEL",
+                        help="a trained sde run directory")
     parser.add_argument("--data", type=Path, required=True, help="dataset root with test/gt and test/lq")
     parser.add_argument("--out", type=Path, default=Path("report/trajectory"))
-    parser.add_argument("--steps", nargs="+", type=int, default=[100, 10, 5])
     parser.add_argument("--seeds", type=int, default=4, help="samples per image")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--raw-weights", action="store_true", help="the newest checkpoint's raw (non-EMA) weights")
-    parser.add_argument("--threads", type=int, default=None)
+    common.add_shared(parser, "device", "threads", "steps",
+                      steps=dict(nargs="+", default=[100, 10, 5], help="sampling step counts (default: 100 10 5)"))
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.seeds < 1 or any(n < 1 for n in args.steps):
-        parser.error("--seeds and every --steps value must be >= 1")
-    run(args.run, args.data, args.out, args.steps, args.seeds, args.max_images, args.raw_weights)
+    device = common.apply_shared(parser, args)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    run(args.run, args.data, args.out, args.steps, args.seeds, args.max_images, args.raw_weights, device=str(device))
     return 0
 
 

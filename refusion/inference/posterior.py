@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from refusion.data.inputs import to_batch
+from refusion.inference.color_fix import check_color_fix, fix_restored
 from refusion.inference.loading import REGRESSOR_NAMES
 from refusion.inference.pipeline import RefusionPipeline, load_pipeline, network_sample
 from refusion.inference.sample_chunks import check_num_samples
@@ -82,10 +83,14 @@ def sample_posterior(
     cond: torch.Tensor | None = None,
     half: bool = False,
     lens_info: Any = None,
+    self_ensemble: bool = False,
+    color_fix: str | None = None,
 ) -> PosteriorSamples:
     """``num_samples`` posterior samples of ``lq`` with their mean and std (a PosteriorSamples).
 
     Every argument but ``num_samples``, ``generator`` and ``chunk_size`` is that of refusion.sample.
+    (``self_ensemble``: every sample is an x8 self-ensemble; ``color_fix``: every sample is fixed
+    toward the input before the mean and std are taken.)
     ``lq``: a tensor (C, H, W) / (B, C, H, W), a numpy array or a PIL image, read as refusion.sample
     reads it; the result is always float32 torch tensors (a batch axis even for one image: B = 1),
     on the input tensor's device, on the CPU for numpy and PIL inputs (statistics need more than
@@ -105,6 +110,7 @@ def sample_posterior(
     with eta = 0), whose samples would all be equal (std zero); a regressor as ``model``.
     """
     check_num_samples(num_samples)
+    check_color_fix(color_fix)
     pipe = _pipeline(model, scheduler, device)
     x, kind = to_batch(lq)
     batch = x.shape[0]
@@ -116,14 +122,16 @@ def sample_posterior(
     if pipe is not None:
         images = pipe(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator, output_type="pt",
                       tile_size=tile_size, tile_overlap=tile_overlap, latent=latent, cond=cond, progress=progress,
-                      half=half, lens_info=lens_info, num_samples=num_samples, chunk_size=chunk_size).images
+                      half=half, lens_info=lens_info, num_samples=num_samples, chunk_size=chunk_size,
+                      self_ensemble=self_ensemble, color_fix=color_fix).images
         samples = images.reshape(batch, num_samples, *images.shape[1:]).transpose(0, 1)   # image-major -> (K, B)
     else:
         raw = network_sample(model, x, steps=steps, scheduler=scheduler, sampler=sampler, eta=eta,
                              generator=generator, tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
                              cond=cond, progress=progress, half=half, lens_info=lens_info, device=device,
-                             num_samples=num_samples, chunk_size=chunk_size)
-        samples = (raw if num_samples > 1 else raw[None]).clamp(0.0, 1.0)
+                             num_samples=num_samples, chunk_size=chunk_size, self_ensemble=self_ensemble)
+        raw = fix_restored(raw if num_samples > 1 else raw[None], x.to(raw.device), color_fix)
+        samples = raw.clamp(0.0, 1.0)
     out_device = kind.device if kind.kind == "pt" else torch.device("cpu")
     samples = samples.to(device=out_device, dtype=torch.float32).contiguous()
     var, mean = torch.var_mean(samples, dim=0, correction=0)
