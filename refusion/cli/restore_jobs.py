@@ -1,9 +1,10 @@
 """`refusion restore`'s batch: jobs split between processes, each output written once, resumable, summarised.
 
 A plain run is one process doing every job. Under `accelerate launch` each process (one per GPU, or
-several CPU processes) takes a contiguous share of the jobs (`PartialState.split_between_processes`);
-the records of every process are then gathered on every process (`gather_object`), so all of them
-return the same exit status, and the main process prints the counts and writes the --summary manifest.
+several CPU processes) takes a contiguous share of the jobs (`refusion.inference.processes`, over
+accelerate's `split_between_processes`); the records of every process are then gathered on every
+process (`gather_object`), so all of them return the same exit status, and the main process prints the
+counts and writes the --summary manifest.
 
 Before any process writes, the main process removes the temporaries a killed run left in the output
 folder (`image_io.remove_partial_files`) and, with --skip-existing, decides which jobs are done; that
@@ -19,12 +20,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from refusion.data.image_io import ImageReadError, atomic_output, remove_partial_files
+from refusion.inference.processes import gather_in_order, process_share, process_state
 
 RESTORED, FAILED, SKIPPED = "restored", "failed", "skipped-existing"
 # Failures that cost their job only, never the batch: an unreadable file, an image too large for
@@ -38,13 +39,10 @@ Job = tuple[tuple[Path, ...], tuple[Path, ...]]   # (sources, targets): one imag
 WAIT_LIMIT = timedelta(hours=24)
 
 
-def process_state() -> PartialState:
-    """accelerate's view of this process: index, number of processes, device (one process outside a launch).
-
-    CPU processes (no CUDA, or ACCELERATE_USE_CPU as `accelerate launch --cpu` sets it) talk over gloo;
-    PartialState reads no such flag itself, it must be told. The process group waits up to WAIT_LIMIT."""
-    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"),
-                        timeout=WAIT_LIMIT)
+def restore_state(device) -> PartialState:
+    """accelerate's view of this process (index, number of processes; one process outside a launch),
+    for work on `device`, its collectives waiting up to WAIT_LIMIT."""
+    return process_state(str(device), timeout=WAIT_LIMIT)
 
 
 def check_summary_path(summary: Path | None, inputs: list[Path], outputs: list[Path]) -> None:
@@ -92,38 +90,38 @@ def image_record(source: Path, target: Path, status: str, *, rank: int, seconds:
 
 
 def run_share(jobs: list[Job], restore_job: Callable[[tuple[Path, ...], tuple[Path, ...]], None], *,
-              state: PartialState, progress: bool) -> list[dict]:
-    """Run this process's share of `jobs`; one record per image.
+              state: PartialState, progress: bool) -> list[tuple[int, list[dict]]]:
+    """Run this process's share of `jobs`: [(index in `jobs`, its records: one per image)].
 
     ``restore_job(sources, targets)`` restores one job and writes its targets (each with
     `image_io.atomic_output`; a file written beside a target goes first, so a target on disk means a
     finished job for --skip-existing). A failure in `JOB_ERRORS` costs its job only. The progress bar
     (main process only) counts the main process's share."""
-    records: list[dict] = []
-    with state.split_between_processes(jobs) as share:
-        desc = "images" if state.num_processes == 1 else f"images (process 0's share, of {state.num_processes})"
-        bar = tqdm(share, desc=desc, unit="img", disable=not (progress and state.is_main_process))
-        for sources, targets in bar:
-            bar.set_postfix_str(sources[0].name[-40:])
-            start = time.perf_counter()
-            try:
-                restore_job(sources, targets)
-                status, error = RESTORED, None
-            except JOB_ERRORS as exc:
-                kind = ImageReadError.__name__ if isinstance(exc, ImageReadError) else type(exc).__name__
-                status, error = FAILED, f"{kind}: {exc}"
-                tqdm.write(f"restore: skipped {' + '.join(map(str, sources))}: {exc}", file=sys.stderr)
-            seconds = round(time.perf_counter() - start, 3)
-            records += [image_record(src, dst, status, rank=state.process_index, seconds=seconds, error=error)
-                        for src, dst in zip(sources, targets)]
-    return records
+    done = []
+    desc = "images" if state.num_processes == 1 else f"images (process 0's share, of {state.num_processes})"
+    bar = tqdm(process_share(jobs, state), desc=desc, unit="img", disable=not (progress and state.is_main_process))
+    for index, (sources, targets) in bar:
+        bar.set_postfix_str(sources[0].name[-40:])
+        start = time.perf_counter()
+        try:
+            restore_job(sources, targets)
+            status, error = RESTORED, None
+        except JOB_ERRORS as exc:
+            kind = ImageReadError.__name__ if isinstance(exc, ImageReadError) else type(exc).__name__
+            status, error = FAILED, f"{kind}: {exc}"
+            tqdm.write(f"restore: skipped {' + '.join(map(str, sources))}: {exc}", file=sys.stderr)
+        seconds = round(time.perf_counter() - start, 3)
+        done.append((index, [image_record(src, dst, status, rank=state.process_index, seconds=seconds, error=error)
+                             for src, dst in zip(sources, targets)]))
+    return done
 
 
-def gather_records(records: list[dict], skipped: list[Job], jobs: list[Job]) -> list[dict]:
-    """Every process's records and the skipped jobs' (decided by the main process, rank 0), in the
-    order of `jobs`; the same list on every process."""
-    everything = gather_object(records) + [image_record(src, dst, SKIPPED, rank=0, seconds=0.0)
-                                           for sources, targets in skipped for src, dst in zip(sources, targets)]
+def gather_records(done: list[tuple[int, list[dict]]], skipped: list[Job], jobs: list[Job]) -> list[dict]:
+    """Every process's records (`run_share`'s) and the skipped jobs' (decided by the main process,
+    rank 0), in the order of `jobs`; the same list on every process."""
+    everything = [record for records in gather_in_order(done) for record in records]
+    everything += [image_record(src, dst, SKIPPED, rank=0, seconds=0.0)
+                   for sources, targets in skipped for src, dst in zip(sources, targets)]
     order = {str(src): i for i, src in enumerate(src for sources, _ in jobs for src in sources)}
     return sorted(everything, key=lambda record: order[record["input"]])
 

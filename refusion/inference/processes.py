@@ -12,6 +12,7 @@ A plain ``python`` run is a single process: its share is the whole list and gath
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Sequence
 
 import torch
@@ -19,8 +20,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 
 
-def process_state(device: str = "cpu") -> PartialState:
+def process_state(device: str = "cpu", *, timeout: timedelta | None = None) -> PartialState:
     """accelerate's (shared) state of this process, started for work on ``device``.
+
+    ``timeout``: how long a collective (a gather, a barrier) waits for the other processes, instead of
+    torch's default (10 minutes over NCCL, 30 over gloo); it applies when this call starts the state.
 
     Processes that work on the CPU (``device`` "cpu", no GPU at all, or ACCELERATE_USE_CPU as
     ``accelerate launch --cpu`` sets it) talk over gloo and must say so: PartialState reads no such flag
@@ -28,7 +32,8 @@ def process_state(device: str = "cpu") -> PartialState:
     see one process alone, so that each process would do all the work.
     """
     on_cpu = torch.device(device).type == "cpu" or not torch.cuda.is_available()
-    return PartialState(cpu=on_cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    wait = {} if timeout is None else {"timeout": timeout}
+    return PartialState(cpu=on_cpu or parse_flag_from_env("ACCELERATE_USE_CPU"), **wait)
 
 
 def process_share(items: Sequence, state: PartialState | None = None) -> list[tuple[int, Any]]:
