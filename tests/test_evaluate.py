@@ -116,8 +116,9 @@ def without_timings(rows: list[dict]) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_give_the_table_of_one(runs, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    # one thread in every process: LPIPS, a float32 network, sums in an order that follows the thread count
     args = ["evaluate", str(runs / "runs/sde"), str(runs / "runs/nafnet"), "--gt", str(runs / "pairs/val/gt"),
-            "--lq", str(runs / "pairs/val/lq"), "--samplers", *SAMPLERS, "--seed", "7", "--out"]
+            "--lq", str(runs / "pairs/val/lq"), "--samplers", *SAMPLERS, "--seed", "7", "--threads", "1", "--out"]
     one = subprocess.run([sys.executable, "-m", "refusion", *args, str(tmp_path / "one")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-3000:]
