@@ -34,7 +34,8 @@ BENCHMARKS = {
     "train_step": "training:bench_train_step", "dataloader": "training:bench_dataloader",
     "large_image": "large_image:bench_large_image", "allocator": "allocator:bench_allocator",
     "block_ops": "block_ops:bench_block_ops", "layers": "layers:bench_layers", "official": "official:bench_official",
-    "ensemble": "ensemble:bench_ensemble",
+    "ensemble": "ensemble:bench_ensemble", "posterior": "posterior:bench_posterior",
+    "contention": "contention:bench_contention",
 }
 
 
