@@ -16,6 +16,7 @@ keeps seed ``seed + i`` whichever process runs it, and the main process alone wr
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +36,9 @@ from refusion.inference.processes import gather_in_order, process_device, proces
 
 INPUT_LABEL = "input (LQ)"
 FEW_IMAGES = 10   # below this a percentile bootstrap interval is known to undercover
+# each method's scores are gathered once every process has restored its share: the first done waits for
+# the others, up to about one pass (a large image on a CPU can outlast torch's 30-minute default)
+WAIT_LIMIT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ def evaluate_runs(
     processes return None.
     """
     out_dir = Path(out_dir)
-    state = process_state(device)
+    state = process_state(device, timeout=WAIT_LIMIT)
     methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers))
     reference = resolve_reference(reference, methods)
     pairs = find_pairs(test_gt, test_lq)[: max_images or None]

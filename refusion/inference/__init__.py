@@ -9,6 +9,7 @@
 - precision    how networks run for inference: channels_last, the half path, NaN/Inf checks
 - allocator    glibc malloc tuning for CPU inference and training
 - export       ONNX export with dynamic batch/height/width, checked by ONNX Runtime
+- processes    under accelerate launch: this process's share of a list, the results gathered in order
 
 Never imports training.
 """
