@@ -158,6 +158,60 @@ def test_sde_reports_every_step_and_the_seed_fixes_the_result(service, uploads):
     assert "tiles of 16 px" in tiled.summary and tiled.restored.shape == (24, 32, 3)
 
 
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+@pytest.mark.parametrize("model", ["tiny_nafnet", "tiny_sde"])
+def test_colour_fix_gives_the_result_the_inputs_colours(service, uploads, model, method):
+    from refusion.inference.color_fix import apply_color_fix
+
+    settings = dict(steps=3, seed=2, sampler="mr_ode")
+    plain = service.restore(model, uploads["photo.png"], Settings(**settings))
+    fixed = service.restore(model, uploads["photo.png"], Settings(**settings, color_fix=method))
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None]  # noqa: E731
+    expected = apply_color_fix(as_tensor(plain.restored), as_tensor(plain.lq), method).clamp(0, 1)
+    np.testing.assert_allclose(fixed.restored, expected[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    assert not np.allclose(fixed.restored, plain.restored, atol=1e-3)
+    assert f"colour fix {method}" in fixed.summary and "colour fix" not in plain.summary
+    same = service.restore(model, uploads["photo.png"], Settings(**settings, color_fix="off"))
+    np.testing.assert_array_equal(same.restored, plain.restored)
+
+
+@pytest.mark.parametrize("model", ["tiny_nafnet", "tiny_sde"])
+def test_self_ensemble_is_the_librarys_x8_mean(service, uploads, model):
+    import refusion
+
+    entry = service.model(model)
+    result = service.restore(model, uploads["photo.png"], Settings(steps=3, seed=4, sampler="mr_sde", self_ensemble=True))
+    assert "x8 self-ensemble" in result.summary
+    if entry.kind == "regressor":
+        expected = refusion.restore(result.lq, model=entry.model, progress=False, self_ensemble=True)
+    else:
+        expected = refusion.sample(result.lq, steps=3, model=entry.model, sampler="mr_sde", progress=False,
+                                   generator=torch.Generator().manual_seed(4), self_ensemble=True)
+    np.testing.assert_allclose(result.restored, expected, atol=1e-6)
+    plain = service.restore(model, uploads["photo.png"], Settings(steps=3, seed=4, sampler="mr_sde"))
+    assert not np.allclose(result.restored, plain.restored, atol=1e-4)
+
+
+def test_posterior_samples_give_their_mean_and_an_uncertainty_map(service, uploads):
+    from refusion.cli.app_service import uncertainty_map
+    from refusion.inference.posterior import sample_posterior
+
+    result = service.restore("tiny_sde", uploads["photo.png"], Settings(steps=3, seed=2, sampler="mr_sde", samples=3))
+    post = sample_posterior(result.lq, model=service.model("tiny_sde").model, num_samples=3, steps=3, sampler="mr_sde",
+                            generator=torch.Generator().manual_seed(2), progress=False)
+    np.testing.assert_allclose(result.restored, post.mean[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(result.std, post.std[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    assert result.std.shape == (24, 32, 3) and result.std.max() > 0
+    assert "the mean of 3 posterior samples" in result.summary
+    picture = uncertainty_map(result.std)
+    assert picture.shape == (24, 32, 3) and 0 <= picture.min() and picture.max() <= 1
+    assert not np.allclose(picture, picture[0, 0])                 # the std varies, so does its picture
+    one = service.restore("tiny_sde", uploads["photo.png"], Settings(steps=3, seed=2, sampler="mr_sde"))
+    assert one.std is None and "posterior samples" not in one.summary
+    regressor = service.restore("tiny_nafnet", uploads["photo.png"], Settings(samples=3))   # no posterior: one pass
+    assert regressor.std is None
+
+
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_uploads_get_a_message_and_the_next_request_works(service, uploads, name):
     before = {p.name: p.read_bytes() for p in uploads.values()}
@@ -180,6 +234,11 @@ def test_limit_message_names_the_flag(service, uploads):
     (Settings(steps=2.5), "steps must be a whole number"),
     (Settings(seed=-1), "seed must be between 0"),
     (Settings(steps=2, tile=7), "tile_size must be a multiple of 2"),
+    (Settings(color_fix="sepia"), "colour fix 'sepia' is not offered; choose one of off, adain, wavelet"),
+    (Settings(steps=2, samples=9, sampler="mr_sde"), "9 posterior samples asked for; this app allows at most 8 "
+                                                     "(refusion app --max-samples)"),
+    (Settings(steps=2, samples=0), "posterior samples must be at least 1"),
+    (Settings(steps=2, samples=2, sampler="mr_ode"), "num_samples=2 with the deterministic sampler='mr_ode'"),
 ])
 def test_settings_out_of_bounds_are_refused(service, uploads, settings, message):
     with pytest.raises(AppInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -243,6 +302,7 @@ def test_options_belong_to_the_model_before_them(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--port", "70000"], "--port must be between 1 and 65535"),
     (["--max-steps", "0"], "--max-steps must be positive"),
+    (["--max-samples", "0"], "--max-samples must be positive"),
     (["--steps", "50", "--max-steps", "20"], "--steps 50 is outside 1..--max-steps (20)"),
     (["--model", "missing folder"], "is not a directory"),
 ])
@@ -282,7 +342,8 @@ def server(model_dirs, tmp_path_factory):
     log = open(base / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "refusion", "app", "--model", str(model_dirs["regressor"]),
                              "--model", str(model_dirs["sde"]), "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu", "--steps", "3", "--max-steps", "10", "--max-megapixels", "1"],
+                             "--device", "cpu", "--steps", "3", "--max-steps", "10", "--max-megapixels", "1",
+                             "--max-samples", "4"],
                             cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -314,17 +375,30 @@ def test_api_through_gradio_client(server, uploads, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(server.url, verbose=False, download_files=str(tmp_path))
-    status, compare, result, _ = client.predict("tiny_sde", handle_file(uploads["deep.png"]), None, "mr_sde", 3, 0, 0,
-                                                False, api_name="/restore")
-    assert "sampler mr_sde, 3 steps" in status
+    # model, image, ground truth, sampler, steps, tile, seed, half, colour fix, self-ensemble, posterior samples
+    status, compare, result, _, std_map = client.predict("tiny_sde", handle_file(uploads["deep.png"]), None, "mr_sde",
+                                                         3, 0, 0, False, "off", False, 1, api_name="/restore")
+    assert "sampler mr_sde, 3 steps" in status and std_map is None
     assert image_bit_depth(result) == 16 and read_image(result).shape == (24, 32, 3)
     assert len(compare) == 2
-    status, compare, result, _ = client.predict("tiny_sde", handle_file(uploads["bomb.png"]), None, "mr_sde", 3, 0,
-                                                0, False, api_name="/restore")
+    status, compare, result, _, _ = client.predict("tiny_sde", handle_file(uploads["bomb.png"]), None, "mr_sde", 3, 0,
+                                                   0, False, "off", False, 1, api_name="/restore")
     assert "decompression bomb" in status and result is None
     status, *_ = client.predict("tiny_nafnet", handle_file(uploads["photo.png"]), handle_file(uploads["photo.png"]),
-                                None, 3, 0, 0, False, api_name="/restore")
+                                None, 3, 0, 0, False, "off", False, 1, api_name="/restore")
     assert "restored photo.png" in status and server.proc.poll() is None
+    # the new controls: colour fix, self-ensemble, K posterior samples with their uncertainty map
+    status, _, result, _, std_map = client.predict("tiny_sde", handle_file(uploads["photo.png"]), None, "mr_sde", 2, 0,
+                                                   1, False, "wavelet", True, 3, api_name="/restore")
+    assert "the mean of 3 posterior samples" in status and "x8 self-ensemble" in status
+    assert "colour fix wavelet" in status and read_image(result).shape == (24, 32, 3)
+    assert std_map is not None and read_image(std_map).shape == (24, 32, 3)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="greater than maximum value 4"):     # the control's bound: --max-samples
+        client.predict("tiny_sde", handle_file(uploads["photo.png"]), None, "mr_sde", 2, 0, 1, False, "off", False, 5,
+                       api_name="/restore")
+    assert server.proc.poll() is None
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ official folder, or an official checkpoint file); repeat it to offer several mod
 pip install -e ".[app]".
 
 The page: upload an image (or pick a bundled sample photograph), choose the sampler, steps, tile
-size, seed and half precision, restore with a progress bar per step, compare before / after, get
+size, seed, half precision, colour fix, x8 self-ensemble and (SDE models) K posterior samples, whose
+mean is the result and whose std shows as an uncertainty map (K at most --max-samples); restore with a progress bar per step, compare before / after, get
 PSNR / LPIPS when a ground truth is uploaded, and download the full-resolution result at the
 input's bit depth (16-bit PNG/TIFF in, 16-bit out). Requests run one at a time (--concurrency).
 Uploads and results live in a temporary folder that is removed when the app stops; an upload that
@@ -37,8 +38,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from refusion.cli import common
-from refusion.cli.app_service import (SAMPLE_DEGRADATIONS, AppInputError, AppService, Limits, LoadedModel,
-                                      Settings, metrics_markdown, preview, read_upload)
+from refusion.cli.app_service import (COLOR_FIX_CHOICES, SAMPLE_DEGRADATIONS, AppInputError, AppService, Limits,
+                                      LoadedModel, Settings, metrics_markdown, preview, read_upload, uncertainty_map)
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-megapixels", type=float, default=25.0,
                    help="largest image accepted, checked before decoding (default 25 megapixels, 6000x4000 fits)")
     p.add_argument("--max-steps", type=int, default=100, help="largest step count a request may ask for (default 100)")
+    p.add_argument("--max-samples", type=int, default=8,
+                   help="most posterior samples K a request may ask for (SDE models; default 8; each costs a full run)")
     p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload in megabytes (default 200)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests restored at the same time (default 1; the rest wait in the queue)")
@@ -113,6 +116,7 @@ def check_args(args) -> Limits:
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     for flag, value in (("--max-megapixels", args.max_megapixels), ("--max-steps", args.max_steps),
+                        ("--max-samples", args.max_samples),
                         ("--max-upload-mb", args.max_upload_mb), ("--concurrency", args.concurrency),
                         ("--queue-size", args.queue_size)):
         if not value > 0:
@@ -121,7 +125,7 @@ def check_args(args) -> Limits:
         raise UsageError(f"--steps {args.steps} is outside 1..--max-steps ({args.max_steps})")
     if args.tile is not None and args.tile < 0:
         raise UsageError(f"--tile must be a positive number of pixels (0: whole image), got {args.tile}")
-    return Limits(max_pixels=int(args.max_megapixels * 1e6), max_steps=args.max_steps)
+    return Limits(max_pixels=int(args.max_megapixels * 1e6), max_steps=args.max_steps, max_samples=args.max_samples)
 
 
 def resolve_device(name: str):
@@ -173,7 +177,7 @@ def build_app(service: AppService, defaults: Settings | None = None):
     names = list(service.models)
 
     def sde_controls(name: str) -> dict:
-        """The sampler / steps / seed controls for a model (hidden for a regressor)."""
+        """The sampler / steps / seed / posterior samples controls for a model (hidden for a regressor)."""
         entry = service.model(name)
         sde = entry.kind == "sde"
         top = min(entry.full_steps, service.limits.max_steps) if sde else 1
@@ -181,11 +185,12 @@ def build_app(service: AppService, defaults: Settings | None = None):
         steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
         return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
                 "steps": dict(**steps, visible=sde),
-                "seed": dict(visible=sde), "about": entry.describe()}
+                "seed": dict(visible=sde), "samples": dict(visible=sde), "about": entry.describe()}
 
     def on_model(name: str):
         c = sde_controls(name)
-        return gr.Dropdown(**c["sampler"]), gr.Slider(**c["steps"]), gr.Number(**c["seed"]), c["about"]
+        return (gr.Dropdown(**c["sampler"]), gr.Slider(**c["steps"]), gr.Number(**c["seed"]), gr.Slider(**c["samples"]),
+                c["about"])
 
     def on_input(path):
         if not path:
@@ -204,21 +209,24 @@ def build_app(service: AppService, defaults: Settings | None = None):
             return gr.File(), gr.File(), _error(str(exc), "No sample")
         return str(lq), str(gt), ""
 
-    def on_restore(model_name, lq_path, gt_path, sampler, steps, tile, seed, half, progress=gr.Progress()):
+    def on_restore(model_name, lq_path, gt_path, sampler, steps, tile, seed, half, color_fix="off", self_ensemble=False,
+                   samples=1, progress=gr.Progress()):
         def on_step(done: int, total: int) -> None:
             progress((done, total), desc="restoring", unit="steps")
 
-        settings = Settings(sampler=sampler, steps=steps, tile=tile, seed=seed, half=half)
+        settings = Settings(sampler=sampler, steps=steps, tile=tile, seed=seed, half=half, color_fix=color_fix,
+                            self_ensemble=self_ensemble, samples=samples)
         try:
             result = service.restore(model_name, lq_path, settings, gt_path or None, on_step=on_step)
         except AppInputError as exc:
-            return _error(str(exc)), None, None, ""
+            return _error(str(exc)), None, None, "", None
         except Exception as exc:  # a failing request is reported; the app serves the next one
             traceback.print_exc()
-            return _error(f"restoration failed: {type(exc).__name__}: {exc}"), None, None, ""
+            return _error(f"restoration failed: {type(exc).__name__}: {exc}"), None, None, "", None
         after = preview(result.restored)
         before = preview(result.lq, size=after.shape[:2])
-        return result.summary, (before, after), str(result.path), metrics_markdown(result.metrics)
+        std = None if result.std is None else preview(uncertainty_map(result.std), size=after.shape[:2])
+        return result.summary, (before, after), str(result.path), metrics_markdown(result.metrics), std
 
     first = sde_controls(names[0])
     # the server checks a request's values against the controls it was built with: they admit what any
@@ -246,24 +254,36 @@ def build_app(service: AppService, defaults: Settings | None = None):
                                    elem_id="lq-view")
                 sampler = gr.Dropdown(label="sampler", elem_id="sampler", **first["sampler"])
                 steps = gr.Slider(label="steps", step=1, elem_id="steps", **first["steps"])
+                samples = gr.Slider(minimum=1, maximum=max(2, service.limits.max_samples), step=1, value=1,
+                                    label="posterior samples K (K > 1: the result is their mean, with an uncertainty "
+                                          "map; a stochastic sampler such as mr_sde; K times the time)",
+                                    elem_id="samples", **first["samples"])
                 seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="seed", elem_id="seed", **first["seed"])
                 tile = gr.Number(value=defaults.tile or 0, precision=0, minimum=0,
                                  label="tile size in pixels (0: the whole image at once)", elem_id="tile")
                 half = gr.Checkbox(value=defaults.half, label="half precision (bfloat16 on CPU, float16 on CUDA)",
                                    elem_id="half")
+                color_fix = gr.Radio(list(COLOR_FIX_CHOICES), value=defaults.color_fix or "off", elem_id="color-fix",
+                                     label="colour fix: the input's colours under the result's detail (adain: "
+                                           "per-channel mean and std; wavelet: low frequencies)")
+                self_ensemble = gr.Checkbox(value=defaults.self_ensemble, elem_id="self-ensemble",
+                                            label="x8 self-ensemble: average over flips and rotations (8x the time)")
                 run = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 compare = gr.ImageSlider(label="before / after", interactive=False, format="png", elem_id="compare")
                 result_file = gr.File(label="restored image, full resolution", interactive=False, elem_id="result-file")
+                std_map = gr.Image(label="uncertainty: std over the K samples (black 0, yellow 0.1 and above)",
+                                   interactive=False, format="png", elem_id="std-map")
                 scores = gr.Markdown(elem_id="metrics")
 
-        demo.load(on_model, inputs=model, outputs=[sampler, steps, seed, about], queue=False)
-        model.change(on_model, inputs=model, outputs=[sampler, steps, seed, about], queue=False)
+        demo.load(on_model, inputs=model, outputs=[sampler, steps, seed, samples, about], queue=False)
+        model.change(on_model, inputs=model, outputs=[sampler, steps, seed, samples, about], queue=False)
         lq_file.change(on_input, inputs=lq_file, outputs=[lq_view, status], queue=False)
         use_sample.click(on_sample, inputs=[sample, degradation], outputs=[lq_file, gt_file, status], queue=False)
-        run.click(on_restore, inputs=[model, lq_file, gt_file, sampler, steps, tile, seed, half],
-                  outputs=[status, compare, result_file, scores], api_name="restore")
+        run.click(on_restore,
+                  inputs=[model, lq_file, gt_file, sampler, steps, tile, seed, half, color_fix, self_ensemble, samples],
+                  outputs=[status, compare, result_file, scores, std_map], api_name="restore")
     return demo
 
 

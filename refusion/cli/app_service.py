@@ -5,6 +5,10 @@ plain Python and numpy so it is tested without a server. Every problem with what
 (not an image, too large, a setting out of bounds) raises `AppInputError` with a message meant for
 the page; the service itself keeps working for the next request.
 
+Options of a request (`Settings`): sampler, steps, seed, tile size, half precision, colour fix, x8
+self-ensemble, and for SDE models K posterior samples (refusion.sample_posterior): with K > 1 the result
+is their mean and `Restored.std` their per-pixel std (`uncertainty_map` draws it).
+
 Files: uploads stay where the web server put them; results and sample photographs are written
 under the service's own folder (a temporary folder that `refusion app` removes on exit).
 """
@@ -28,6 +32,7 @@ PREVIEW_SIDE = 1024            # longest side of the images shown in the page (t
 TILE_OVERLAP = 32             # pixels shared by neighbouring tiles (a quarter of tiles smaller than 128)
 RESULT_MAX_AGE_S = 120         # result folders older than this are removed (the web server keeps its own copy)
 SAMPLE_DEGRADATIONS = ("none", "noise", "blur", "haze", "rain", "lowlight", "shadow")
+COLOR_FIX_CHOICES = ("off", "adain", "wavelet")   # the page's colour fix control; "off" is color_fix=None
 
 StepCallback = Callable[[int, int], None]
 
@@ -38,16 +43,16 @@ class AppInputError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one request: image size (pixels, before decoding) and SDE sampling steps."""
+    """Bounds on one request: image size (pixels, before decoding), SDE sampling steps and posterior samples."""
 
     max_pixels: int = 25_000_000
     max_steps: int = 100
+    max_samples: int = 8
 
     def __post_init__(self):
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        for name in ("max_pixels", "max_steps", "max_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -121,6 +126,9 @@ class Settings:
     tile: int | None = None
     seed: int = 0
     half: bool = False
+    color_fix: str | None = None           # "adain" / "wavelet"; None or "off": no colour fix
+    self_ensemble: bool = False
+    samples: int = 1                       # sde: K posterior samples; K > 1 gives their mean and std
 
 
 @dataclass
@@ -132,6 +140,7 @@ class Restored:
     seconds: float
     summary: str
     metrics: dict[str, dict[str, float | str | None]] = field(default_factory=dict)
+    std: np.ndarray | None = None       # float32 HWC std over the posterior samples (K > 1)
 
 
 def read_upload(path: str | Path | None, limits: Limits, what: str = "image") -> tuple[np.ndarray, int]:
@@ -203,8 +212,10 @@ class AppService:
         seed = _as_int(settings.seed if settings.seed is not None else 0, "seed")
         if not 0 <= seed < 2 ** 63:
             raise AppInputError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+        common = dict(tile=tile, seed=seed, half=bool(settings.half), color_fix=_color_fix(settings.color_fix),
+                      self_ensemble=bool(settings.self_ensemble))
         if entry.kind == "regressor":
-            return Settings(tile=tile, seed=seed, half=bool(settings.half))
+            return Settings(**common)
         sampler = settings.sampler or entry.default_sampler
         if sampler not in entry.samplers:
             raise AppInputError(f"sampler {sampler!r} is not offered by {entry.name}; choose one of "
@@ -218,7 +229,13 @@ class AppService:
         if steps > entry.full_steps:
             raise AppInputError(f"{steps} steps asked for; {entry.name} has {entry.full_steps} trained steps, "
                                 f"choose at most that many")
-        return Settings(sampler=sampler, steps=steps, tile=tile, seed=seed, half=bool(settings.half))
+        samples = _as_int(settings.samples if settings.samples is not None else 1, "posterior samples")
+        if samples < 1:
+            raise AppInputError(f"posterior samples must be at least 1, got {samples}")
+        if samples > self.limits.max_samples:
+            raise AppInputError(f"{samples} posterior samples asked for; this app allows at most "
+                                f"{self.limits.max_samples} (refusion app --max-samples)")
+        return Settings(sampler=sampler, steps=steps, samples=samples, **common)
 
     # -- one request -------------------------------------------------------------------------
     def restore(self, model_name: str | None, lq_path, settings: Settings | None = None, gt_path=None, *,
@@ -233,7 +250,7 @@ class AppService:
             gt, _ = read_upload(gt_path, self.limits, "ground truth")
         start = time.perf_counter()
         try:
-            restored = self._run(entry, lq, settings, on_step)
+            restored, std = self._run(entry, lq, settings, on_step)
         except (ValueError, FloatingPointError) as exc:     # the library's refusals name the setting
             raise AppInputError(f"{entry.name} could not restore this image: {exc}") from None
         except MemoryError:
@@ -251,13 +268,19 @@ class AppService:
         height, width = lq.shape[:2]
         how = (f"sampler {settings.sampler}, {settings.steps} steps, seed {settings.seed}" if entry.kind == "sde"
                else "one network pass")
-        extras = [f"tiles of {settings.tile} px" if settings.tile else None, _half_note(entry) if settings.half else None]
+        if std is not None:
+            how += f", the mean of {settings.samples} posterior samples (largest std {float(std.max()):.3f})"
+        extras = [f"tiles of {settings.tile} px" if settings.tile else None, _half_note(entry) if settings.half else None,
+                  "x8 self-ensemble" if settings.self_ensemble else None,
+                  f"colour fix {settings.color_fix}" if settings.color_fix else None]
         summary = (f"restored {name} ({width}x{height}, {bit_depth}-bit) with {entry.name} in {seconds:.1f} s: "
                    + ", ".join([how] + [e for e in extras if e]))
         return Restored(lq=lq, restored=restored, path=path, bit_depth=bit_depth,
-                        seconds=seconds, summary=summary, metrics=metrics)
+                        seconds=seconds, summary=summary, metrics=metrics, std=std)
 
-    def _run(self, entry: LoadedModel, lq: np.ndarray, settings: Settings, on_step: StepCallback | None):
+    def _run(self, entry: LoadedModel, lq: np.ndarray, settings: Settings, on_step: StepCallback | None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(restored float32 HWC, the std over the posterior samples or None)."""
         overlap = min(TILE_OVERLAP, settings.tile // 4) if settings.tile else TILE_OVERLAP
         if entry.kind == "regressor":
             from refusion.inference.restoration import restore
@@ -265,16 +288,27 @@ class AppService:
             if on_step:
                 on_step(0, 1)
             out = restore(lq, model=entry.model, tile_size=settings.tile, tile_overlap=overlap, tlc=entry.tlc,
-                          progress=False, half=settings.half)
+                          progress=False, half=settings.half, self_ensemble=settings.self_ensemble,
+                          color_fix=settings.color_fix)
             if on_step:
                 on_step(1, 1)
-            return np.asarray(out, dtype=np.float32)
+            return np.asarray(out, dtype=np.float32), None
         generator = torch.Generator(device=entry.model.device).manual_seed(settings.seed)
+        if settings.samples > 1:
+            from refusion.inference.posterior import sample_posterior
+
+            with _STEP_HOOK.reporting(on_step):     # each chunk of samples reports its own pass over the steps
+                post = sample_posterior(lq, model=entry.model, num_samples=settings.samples, steps=settings.steps,
+                                        sampler=settings.sampler, generator=generator, tile_size=settings.tile,
+                                        tile_overlap=overlap, half=settings.half, self_ensemble=settings.self_ensemble,
+                                        color_fix=settings.color_fix)
+            hwc = lambda t: t[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)  # noqa: E731
+            return hwc(post.mean), hwc(post.std)
         with _STEP_HOOK.reporting(on_step):
             out = entry.model(lq, num_inference_steps=settings.steps, sampler=settings.sampler,
                               generator=generator, tile_size=settings.tile, tile_overlap=overlap, half=settings.half,
-                              output_type="np")
-        return np.asarray(out.images[0], dtype=np.float32)
+                              output_type="np", self_ensemble=settings.self_ensemble, color_fix=settings.color_fix)
+        return np.asarray(out.images[0], dtype=np.float32), None
 
     def _write_result(self, name: str, restored: np.ndarray, bit_depth: int) -> Path:
         results = self.workdir / "results"
@@ -358,6 +392,23 @@ def _half_note(entry: LoadedModel) -> str:
     if half_dtype(device) == torch.bfloat16 and not native_bf16(device):
         return f"half precision asked for but not used ({bf16_reason(device)}); float32"
     return "half precision"
+
+
+def uncertainty_map(std: np.ndarray) -> np.ndarray:
+    """The page's picture of a (H, W, C) std: the channel mean, colour-mapped on the fixed scale of
+    `refusion restore --save-std` (black 0 to light yellow at DEFAULT_STD_MAX and above), float RGB."""
+    from refusion.cli.restore_posterior import DEFAULT_STD_MAX, std_colormap
+
+    return std_colormap(std, DEFAULT_STD_MAX)
+
+
+def _color_fix(value) -> str | None:
+    """The library's color_fix of the page's choice ("off", "", None: no fix); AppInputError for another value."""
+    if value in (None, "", "off"):
+        return None
+    if value not in COLOR_FIX_CHOICES:
+        raise AppInputError(f"colour fix {value!r} is not offered; choose one of {', '.join(COLOR_FIX_CHOICES)}")
+    return value
 
 
 def _as_int(value, what: str, allow_none: bool = False) -> int | None:
