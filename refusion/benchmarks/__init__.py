@@ -13,5 +13,6 @@ fresh processes for peak-RSS measurements are module-level and addressed as
 - training: training step, loss curves, data loader, OpenMP threading.
 - large_image: 6000x4000 latent and tiled paths, tiled NAFNet, tiled against whole.
 - layers: each convolution and LayerNorm alone, summed by kind, against the whole forward.
+- ensemble: the x8 self-ensemble's network calls and time against plain restore/sample; colour fix time.
 - posterior: sample_posterior's K samples as network batches against K separate sample calls.
 """

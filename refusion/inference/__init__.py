@@ -4,6 +4,8 @@
 - posterior    sample_posterior(): K posterior samples with their mean and std in one call
 - sample_chunks  K samples of a batch as network batches of chunks of samples, one generator per sample
 - restoration  restore(): the regressors' one-call entry point, TLC
+- ensemble     x8 self-ensemble (the 8 flips and 90-degree rotations) for restore and the SDE
+- color_fix    colour fix of a result toward its input: adain (channel statistics), wavelet (low frequencies)
 - loading      run / saved-pipeline / regressor folders, with checksum verification
 - tiling       overlapped tiles with raised-cosine blending for any image -> image function
 - precision    how networks run for inference: channels_last, the half path, NaN/Inf checks
