@@ -69,13 +69,20 @@ def _check_pair(output: torch.Tensor, reference: torch.Tensor) -> None:
 def adain_color_fix(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Each channel of ``output`` with the mean and standard deviation of ``reference``'s (module doc)."""
     _check_pair(output, reference)
-    out, ref = output.double(), reference.double()
-    dims = (-2, -1)
-    out_mean, ref_mean = out.mean(dims, keepdim=True), ref.mean(dims, keepdim=True)
-    out_std, ref_std = out.std(dims, correction=0, keepdim=True), ref.std(dims, correction=0, keepdim=True)
+    (out_mean, out_std), (ref_mean, ref_std) = _channel_stats(output), _channel_stats(reference)
     scale = torch.where(out_std > 0, ref_std / out_std.clamp_min(torch.finfo(torch.float64).tiny),
                         torch.zeros_like(out_std))
-    return ((out - out_mean) * scale + ref_mean).to(output.dtype)
+    # one affine map per channel, applied in the image's dtype: no float64 copy of a large image
+    shift = ref_mean - out_mean * scale
+    return output * scale.to(output.dtype) + shift.to(output.dtype)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 mean and population std over H x W of every channel (keepdim), summed in float64."""
+    dims = (-2, -1)
+    mean = x.mean(dims, keepdim=True, dtype=torch.float64)
+    var = (x - mean.to(x.dtype)).square().mean(dims, keepdim=True, dtype=torch.float64)
+    return mean, var.sqrt()
 
 
 def _blur(image: torch.Tensor, dilation: int) -> torch.Tensor:
