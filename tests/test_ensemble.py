@@ -287,3 +287,29 @@ def test_restore_command_self_ensemble_and_color_fix(tmp_path, kind, capsys):
     with pytest.raises(SystemExit) as info:
         restore_cli.parse_args(argv + ["-o", str(tmp_path / "x"), "--color-fix", "sepia"])
     assert info.value.code == 2 and "invalid choice: 'sepia'" in capsys.readouterr().err
+
+
+def test_latent_path_ensembles_the_sde_on_the_latent_and_codes_once():
+    from refusion.models.conditional_nafnet import ConditionalNAFNet
+    from refusion.models.latent_unet import LatentUNet
+
+    torch.manual_seed(0)
+    ae = LatentUNet(ch=4, ch_mult=[1, 2], embed_dim=4).eval()
+    unet = ConditionalNAFNet(img_channel=4, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]).eval()
+    pipe = refusion.RefusionPipeline(unet=unet, scheduler=IRSDEScheduler(num_train_timesteps=20), autoencoder=ae)
+    seen = {"unet": [], "encode": 0, "decode": 0}
+    unet.register_forward_pre_hook(lambda module, args: seen["unet"].append(tuple(args[0].shape[-2:])))
+    for name in ("encode", "decode"):
+        original = getattr(ae, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            seen[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(ae, name, counted)
+    lq = _image(16, 24)
+    out = pipe(lq, num_inference_steps=2, output_type="pt", progress=False, self_ensemble=True,
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == lq.shape and seen["encode"] == 1 and seen["decode"] == 1
+    h, w = 16 // ae.downscale, 24 // ae.downscale                 # the latent's size
+    assert ae.downscale > 1 and len(seen["unet"]) == ENSEMBLE_SIZE * 2 and set(seen["unet"]) == {(h, w), (w, h)}
