@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from refusion.cli import evaluate as evaluate_cli
-from refusion.evaluation.evaluate import INPUT_LABEL, Method, evaluate_runs, resolve_reference
+from refusion.evaluation.evaluate import INPUT_LABEL, Method, evaluate_runs, parse_sampler_specs, resolve_reference
 from refusion.evaluation.statistics import mean_interval, paired_difference
 from refusion.inference.processes import gather_in_order, process_share
 from refusion.training import train
@@ -38,6 +39,16 @@ def test_a_reference_that_matches_no_row_or_several_is_refused_with_the_rows():
         resolve_reference("dehaze", METHODS)
     with pytest.raises(ValueError, match=r"'sde' names several rows \(sde \[mr_sde, 2\]; sde \[mr_ode, 2\]\)"):
         resolve_reference("sde", METHODS)
+
+
+def test_sampler_specs_and_labels_of_posterior_means_and_self_ensembles():
+    assert parse_sampler_specs(["posterior:100", "mr_sde:10:mean4"]) == [("posterior", 100, 1), ("mr_sde", 10, 4)]
+    for bad in ("mr_sde", "mr_sde:0", "mr_sde:10:mean1", "mr_sde:10:mean", "mr_sde:10:avg4", "mr_sde:10:mean4:x"):
+        with pytest.raises(ValueError, match=f"sampler spec '{bad}' must look like NAME:STEPS or NAME:STEPS:meanK"):
+            parse_sampler_specs([bad])
+    assert Method(Path("runs/sde"), "sde", "mr_sde", 10, 4).label == "sde [mr_sde, 10, mean of 4]"
+    assert Method(Path("runs/nafnet"), "regressor", self_ensemble=True).label == "nafnet [self-ensemble x8]"
+    assert Method(Path("runs/nafnet"), "regressor").label == "nafnet" and METHODS[0].label == "sde [mr_sde, 2]"
 
 
 def test_one_process_takes_every_item_with_its_index_and_gathering_orders_by_index():
@@ -136,3 +147,33 @@ def test_two_processes_give_the_table_of_one(runs, tmp_path):
     assert len(folders) == 3
     for folder in folders:
         assert sorted(p.name for p in folder.iterdir()) == ["img0.png", "img1.png", "img2.png"]
+
+
+@pytest.mark.slow
+def test_rows_for_the_mean_of_k_samples_and_the_self_ensemble(runs, tmp_path):
+    import refusion
+    from refusion.data.image_io import read_image
+    from refusion.evaluation import metrics
+
+    result = evaluate_runs([runs / "runs/sde", runs / "runs/nafnet"], runs / "pairs/val/gt", runs / "pairs/val/lq",
+                           tmp_path / "report", samplers=["mr_sde:2:mean3"], self_ensemble=True, seed=4,
+                           max_images=2, progress=False)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == [INPUT_LABEL, "sde [mr_sde, 2, mean of 3]", "nafnet", "nafnet [self-ensemble x8]"]
+    assert rows["sde [mr_sde, 2, mean of 3]"]["nfe"] == 3 * 2 and rows["nafnet [self-ensemble x8]"]["nfe"] == 8
+    assert rows["nafnet [self-ensemble x8]"]["difference"]["reference"] == "nafnet"
+    lq, gt = (read_image(runs / f"pairs/val/{kind}/img1.png") for kind in ("lq", "gt"))
+    mean = refusion.sample_posterior(lq, model=str(runs / "runs/sde"), num_samples=3, steps=2, sampler="mr_sde",
+                                     generator=torch.Generator().manual_seed(4 + 1), progress=False).mean
+    want = metrics.psnr(mean[0].permute(1, 2, 0).numpy(), gt)
+    assert rows["sde [mr_sde, 2, mean of 3]"]["per_image"][1]["psnr"] == pytest.approx(want, abs=1e-9)
+    ensembled = refusion.restore(lq, model=str(runs / "runs/nafnet"), self_ensemble=True, progress=False)
+    assert rows["nafnet [self-ensemble x8]"]["per_image"][1]["psnr"] == pytest.approx(metrics.psnr(ensembled, gt), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_mean_of_k_with_a_deterministic_sampler_is_refused_before_any_restoration(runs, tmp_path):
+    with pytest.raises(ValueError, match=r"'sde \[mr_ode, 2, mean of 3\]'.*deterministic"):
+        evaluate_runs([runs / "runs/sde"], runs / "pairs/val/gt", runs / "pairs/val/lq", tmp_path / "report",
+                      samplers=["mr_sde:2", "mr_ode:2:mean3"], progress=False)
+    assert not (tmp_path / "report").exists()

@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth test images")
     parser.add_argument("--lq", required=True, type=Path, help="folder of degraded test images (same file stems)")
     parser.add_argument("--out", required=True, type=Path, help="report folder")
-    parser.add_argument("--samplers", nargs="+", default=["posterior:100"], help="SDE settings as SAMPLER:STEPS")
+    parser.add_argument("--samplers", nargs="+", default=["posterior:100"],
+                        help="SDE settings as SAMPLER:STEPS, or SAMPLER:STEPS:meanK for the mean of K posterior "
+                             "samples per image (a stochastic sampler), e.g. posterior:100 mr_sde:10:mean4")
+    parser.add_argument("--self-ensemble", action="store_true",
+                        help="each regressor also gets a row restored with its x8 self-ensemble (flips and rotations)")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--crop-border", type=int, default=0)
     parser.add_argument("--test-y-channel", action="store_true")
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
                                device=args.device, max_images=args.max_images, crop_border=args.crop_border,
                                test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta,
-                               progress=not args.no_progress,
+                               progress=not args.no_progress, self_ensemble=args.self_ensemble,
                                reference=False if args.no_reference else args.reference)
     except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
         print(f"evaluate: error: {exc}", file=sys.stderr)

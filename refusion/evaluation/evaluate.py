@@ -43,17 +43,28 @@ WAIT_LIMIT = timedelta(hours=24)
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the results table: a run, and for SDE runs the sampler and step count."""
+    """One row of the results table: a run; for SDE runs the sampler, step count and number of posterior
+    samples averaged (``samples`` K > 1: the mean of K); for regressors whether the x8 self-ensemble is on."""
 
     run_dir: Path
     kind: str  # "sde" | "regressor"
     sampler: str | None = None
     steps: int | None = None
+    samples: int = 1
+    self_ensemble: bool = False
+
+    @property
+    def variant(self) -> str | None:
+        """What sets this row apart from the plain restoration of its run and setting."""
+        if self.samples > 1:
+            return f"mean of {self.samples}"
+        return "self-ensemble x8" if self.self_ensemble else None
 
     @property
     def label(self) -> str:
-        name = self.run_dir.name
-        return name if self.kind != "sde" else f"{name} [{self.sampler}, {self.steps}]"
+        settings = [self.sampler, str(self.steps)] if self.kind == "sde" else []
+        settings += [self.variant] if self.variant else []
+        return f"{self.run_dir.name} [{', '.join(settings)}]" if settings else self.run_dir.name
 
 
 def run_kind(run_dir: Path) -> str:
@@ -71,14 +82,19 @@ def run_kind(run_dir: Path) -> str:
     raise FileNotFoundError(f"{run_dir} is neither a training run (no recipe.yml) nor a saved pipeline (no model_index.json)")
 
 
-def parse_sampler_specs(specs: Sequence[str]) -> list[tuple[str, int]]:
-    """'posterior:100' -> ('posterior', 100); errors name the bad entry."""
+def parse_sampler_specs(specs: Sequence[str]) -> list[tuple[str, int, int]]:
+    """'posterior:100' -> ('posterior', 100, 1); 'mr_sde:10:mean4' -> ('mr_sde', 10, 4), the mean of 4
+    posterior samples per image; errors name the bad entry."""
     out = []
     for spec in specs:
-        name, sep, steps = spec.partition(":")
-        if not sep or not steps.isdigit() or int(steps) < 1:
-            raise ValueError(f"sampler spec {spec!r} must look like NAME:STEPS, e.g. posterior:100")
-        out.append((name, int(steps)))
+        parts = spec.split(":")
+        name, steps, mean = (parts + ["", ""])[:3]
+        samples = mean[4:] if mean.startswith("mean") else ""
+        if (len(parts) > 3 or not name or not steps.isdigit() or int(steps) < 1
+                or (mean and (not samples.isdigit() or int(samples) < 2))):
+            raise ValueError(f"sampler spec {spec!r} must look like NAME:STEPS or NAME:STEPS:meanK (K >= 2 posterior "
+                             f"samples averaged per image), e.g. posterior:100 or mr_sde:10:mean4")
+        out.append((name, int(steps), int(samples) if mean else 1))
     return out
 
 
@@ -103,26 +119,31 @@ def resolve_reference(reference: str | bool | None, methods: Sequence[Method]) -
     raise ValueError(f"reference {reference!r} matches no row; rows: {'; '.join(labels)}")
 
 
-def build_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, int]]) -> list[Method]:
+def build_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, int, int]], *,
+                  self_ensemble: bool = False) -> list[Method]:
+    """Every SDE run with every (sampler, steps, samples); every regressor, and with ``self_ensemble``
+    its x8 self-ensemble as a second row."""
     methods = []
     for run_dir in run_dirs:
         kind = run_kind(Path(run_dir))
         if kind == "sde":
-            methods += [Method(Path(run_dir), "sde", s, n) for s, n in sampler_specs]
+            methods += [Method(Path(run_dir), "sde", s, n, k) for s, n, k in sampler_specs]
         else:
             methods.append(Method(Path(run_dir), "regressor"))
+            methods += [Method(Path(run_dir), "regressor", self_ensemble=True)] if self_ensemble else []
     return methods
 
 
 class _CallCounter:
-    """Counts forward calls of a module (network evaluations), whatever the sampler does."""
+    """Counts network evaluations of a module, whatever the sampler does: each forward call counts the
+    images in its batch (K posterior samples run as one batch: K evaluations)."""
 
     def __init__(self, module: torch.nn.Module):
         self.count = 0
         self._handle = module.register_forward_pre_hook(self._hook)
 
-    def _hook(self, *_):
-        self.count += 1
+    def _hook(self, _module, args):
+        self.count += args[0].shape[0] if args and torch.is_tensor(args[0]) else 1
 
     def close(self):
         self._handle.remove()
@@ -130,21 +151,36 @@ class _CallCounter:
 
 @dataclass
 class _Restorer:
-    """Loads a run once and restores one (1,3,H,W) tensor at a time."""
+    """Restores one (1,3,H,W) tensor at a time with a method; ``model``: its run, loaded (a pipeline or a
+    regressor network), shared by the methods of one run."""
 
     method: Method
     device: str
+    model: torch.nn.Module
     network: torch.nn.Module = field(init=False)
 
     def __post_init__(self):
-        from refusion.inference.pipeline import load_pipeline
-        from refusion.inference.loading import load_regressor
+        self.pipe = self.model if self.method.kind == "sde" else None
+        self.network = self.pipe.unet if self.pipe is not None else self.model
 
-        if self.method.kind == "sde":
-            self.pipe = load_pipeline(self.method.run_dir, device=self.device)
-            self.network = self.pipe.unet
-        else:
-            self.network = load_regressor(self.method.run_dir).to(self.device).eval()
+    def check(self, lenses) -> None:
+        """Refuse, before anything is restored, what this method cannot do on this test set."""
+        from refusion.inference.sample_chunks import check_stochastic
+
+        name = type(self.network).__name__
+        if self.takes_lens_info and lenses is None:
+            raise ValueError(f"{self.method.run_dir} is a bokeh model ({name}): pass the test "
+                             f"set's lens metadata (lens=PATH, --lens-meta PATH: lines 'id, src_lens, tgt_lens, "
+                             f"disparity')")
+        if self.method.self_ensemble and self.is_stereo:
+            raise ValueError(f"{self.method.run_dir} is a stereo network ({name}): the x8 self-ensemble does not "
+                             f"apply to view pairs; leave out --self-ensemble (self_ensemble=False)")
+        if self.method.samples > 1:
+            scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, sampler=self.method.sampler)
+            try:
+                check_stochastic(scheduler, self.method.samples)
+            except ValueError as exc:
+                raise ValueError(f"sampler spec of {self.method.label!r}: {exc}") from None
 
     @property
     def is_stereo(self) -> bool:
@@ -159,15 +195,38 @@ class _Restorer:
         return takes_lens_info(self.network)
 
     def __call__(self, lq: torch.Tensor, seed: int, lens=None) -> torch.Tensor:
-        """``lens``: the image's lens information, used by bokeh networks only."""
+        """``lens``: the image's lens information, used by bokeh networks only. A mean of K draws its K
+        samples' seeds from the one generator seeded with ``seed``."""
+        from refusion.inference.posterior import sample_posterior
         from refusion.inference.restoration import restore
 
         if self.method.kind == "sde":
             generator = torch.Generator(device=self.device).manual_seed(seed)
+            lens_info = lens if self.takes_lens_info else None
+            if self.method.samples > 1:
+                return sample_posterior(lq, model=self.pipe, num_samples=self.method.samples, steps=self.method.steps,
+                                        sampler=self.method.sampler, generator=generator, progress=False,
+                                        lens_info=lens_info).mean
             return self.pipe(lq, num_inference_steps=self.method.steps, sampler=self.method.sampler,
-                             generator=generator, output_type="pt", progress=False,
-                             lens_info=lens if self.takes_lens_info else None).images
-        return restore(lq, model=self.network, progress=False)
+                             generator=generator, output_type="pt", progress=False, lens_info=lens_info).images
+        return restore(lq, model=self.network, progress=False, self_ensemble=self.method.self_ensemble)
+
+
+def _restorers(methods: Sequence[Method], device: str, lenses) -> list[_Restorer]:
+    """One restorer per method, each run loaded once (and all kept in memory), every method checked
+    before any image is restored."""
+    from refusion.inference.loading import load_regressor
+    from refusion.inference.pipeline import load_pipeline
+
+    loaded: dict[Path, torch.nn.Module] = {}
+    restorers = []
+    for method in methods:
+        if method.run_dir not in loaded:
+            loaded[method.run_dir] = (load_pipeline(method.run_dir, device=device) if method.kind == "sde" else
+                                      load_regressor(method.run_dir).to(device).eval())
+        restorers.append(_Restorer(method, device, loaded[method.run_dir]))
+        restorers[-1].check(lenses)
+    return restorers
 
 
 def evaluate_runs(
@@ -187,6 +246,7 @@ def evaluate_runs(
     progress: bool = True,
     lens: str | Path | None = None,
     reference: str | bool | None = None,
+    self_ensemble: bool = False,
 ) -> dict | None:
     """Evaluate every method on the same pairs; write tables, plots, grid and restored images.
 
@@ -194,6 +254,9 @@ def evaluate_runs(
     model; every test image must have an entry (checked before any restoration).
     ``reference``: the row every other row is compared with image by image (resolve_reference: a row's
     label or a run name; None picks the first regressor, else no comparison; False: none).
+    ``samplers``: "NAME:STEPS", or "NAME:STEPS:meanK" for the mean of K posterior samples per image
+    (refusion.sample_posterior). ``self_ensemble``: each regressor also gets a row with its x8
+    self-ensemble (refusion.restore(..., self_ensemble=True)).
 
     Under ``accelerate launch`` each process restores its share of the images and writes their PNGs; the
     scores are gathered and the main process writes the report and returns the result; the other
@@ -201,7 +264,7 @@ def evaluate_runs(
     """
     out_dir = Path(out_dir)
     state = process_state(device, timeout=WAIT_LIMIT)
-    methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers))
+    methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers), self_ensemble=self_ensemble)
     reference = resolve_reference(reference, methods)
     pairs = find_pairs(test_gt, test_lq)[: max_images or None]
     if not pairs:
@@ -210,6 +273,8 @@ def evaluate_runs(
     if lens is not None:
         table = read_lens_metadata(lens)
         lenses = {name: lens_info_for(table, name, source=lens, image=str(lq)) for name, _, lq in pairs}
+    device = process_device(device, state)
+    restorers = _restorers(methods, device, lenses)
     out_dir.mkdir(parents=True, exist_ok=True)
     gts = {name: read_image(gt) for name, gt, _ in pairs}
     lqs = {name: read_image(lq) for name, _, lq in pairs}
@@ -220,7 +285,6 @@ def evaluate_runs(
     except metrics.LPIPSUnavailable as err:
         lpips_reason = str(err)
     score = _Scorer(crop_border, test_y_channel, lpips_net if lpips_reason is None else None)
-    device = process_device(device, state)
     order = {name: i for i, (name, _, _) in enumerate(pairs)}
     grid_pairs = _spread(pairs, grid_images)
     grid_names = {name for name, _, _ in grid_pairs}
@@ -229,12 +293,7 @@ def evaluate_runs(
             for i, (name, _, _) in process_share(pairs, state)]
     rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), order)]
     restored = {}
-    for method in methods:
-        restorer = _Restorer(method, device)
-        if restorer.takes_lens_info and lenses is None:
-            raise ValueError(f"{method.run_dir} is a bokeh model ({type(restorer.network).__name__}): pass the test "
-                             f"set's lens metadata (lens=PATH, --lens-meta PATH: lines 'id, src_lens, tgt_lens, "
-                             f"disparity')")
+    for method, restorer in zip(methods, restorers):
         jobs = _jobs(pairs, stereo=restorer.is_stereo)
         counter = _CallCounter(restorer.network)
         done = []
@@ -258,7 +317,7 @@ def evaluate_runs(
         passes = gather_in_order(done)   # every process takes part; only the main one uses the result
         nfe = sum(calls for _, calls, _ in passes) / len(passes)
         rows.append(_row(method.label, method.run_dir.name, method.kind, method.sampler, method.steps, nfe,
-                         [r for records, _, _ in passes for r in records], order))
+                         [r for records, _, _ in passes for r in records], order, variant=method.variant))
         restored.update({(method.label, name): img for _, _, grid in passes for name, img in grid.items()})
     if not state.is_main_process:
         return None
@@ -299,12 +358,13 @@ class _Scorer:
                 "lpips": metrics.lpips(img, gt, net=self.lpips_net) if self.lpips_net else None}
 
 
-def _row(label, run, kind, sampler, steps, nfe, records: list[dict], order: dict[str, int]) -> dict:
+def _row(label, run, kind, sampler, steps, nfe, records: list[dict], order: dict[str, int], *,
+         variant: str | None = None) -> dict:
     """A results row: the means of the per-image records, which it keeps in test-pair order."""
     records = sorted(records, key=lambda r: order[r["image"]])
     mean = lambda key: float(np.mean([r[key] for r in records]))  # noqa: E731
     return {
-        "method": label, "run": run, "kind": kind, "sampler": sampler, "steps": steps, "nfe": nfe,
+        "method": label, "run": run, "kind": kind, "sampler": sampler, "steps": steps, "variant": variant, "nfe": nfe,
         "psnr": mean("psnr"), "ssim": mean("ssim"), "lpips": mean("lpips") if records[0]["lpips"] is not None else None,
         "seconds_per_image": mean("seconds"), "images": len(records), "per_image": records,
     }
@@ -331,7 +391,7 @@ def _grid(pairs, methods, rows, lqs, gts, restored, path: Path) -> Path:
     best: dict[tuple, Method] = {}
     for m in methods:
         if m.kind == "sde":
-            key = (m.run_dir, m.sampler)
+            key = (m.run_dir, m.sampler, m.samples)
             if key not in best or by_label[m.label]["steps"] > by_label[best[key].label]["steps"]:
                 best[key] = m
     chosen += list(best.values())
@@ -350,7 +410,8 @@ def _spread(items: list, count: int) -> list:
 
 
 def _short(m: Method) -> str:
-    return m.run_dir.name if m.kind != "sde" else f"{m.run_dir.name}\n{m.sampler} x{m.steps}"
+    short = m.run_dir.name if m.kind != "sde" else f"{m.run_dir.name}\n{m.sampler} x{m.steps}"
+    return f"{short}\n{m.variant}" if m.variant else short
 
 
 def _slug(label: str) -> str:

@@ -179,7 +179,8 @@ def steps_vs_quality_figure(rows: Sequence[dict]):
     curves: dict[str, list[dict]] = {}
     for r in rows:
         if r["kind"] == "sde":
-            curves.setdefault(f"{r['run']} / {r['sampler']}", []).append(r)
+            name = f"{r['run']} / {r['sampler']}" + (f" / {r['variant']}" if r.get("variant") else "")
+            curves.setdefault(name, []).append(r)
     curves = {k: sorted(v, key=lambda r: r["nfe"]) for k, v in curves.items()}
     if not any(len(v) > 1 for v in curves.values()):
         return None  # no step-count sweep to show
