@@ -191,6 +191,18 @@ def test_sde_self_ensemble_is_reproducible_and_a_symmetric_network_gives_the_pla
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("sampler", ["mr_sde", "mr_ode"])
+def test_sde_self_ensemble_draws_from_the_generator_what_a_plain_run_draws(sampler):
+    net, mu = CountingNoise(), _image(16, 24)
+    states = []
+    for ensemble in (False, True):
+        g = torch.Generator().manual_seed(9)
+        refusion.sample(mu, steps=3, model=net, scheduler=IRSDEScheduler(num_train_timesteps=20, sampler=sampler),
+                        generator=g, progress=False, self_ensemble=ensemble)
+        states.append(g.get_state())
+    assert torch.equal(states[0], states[1])
+
+
 def test_sde_self_ensemble_tiles_non_square_images():
     net, mu = CountingNoise(), _image(24, 40)
     whole = _sample(net, mu, sampler="sde", self_ensemble=True)

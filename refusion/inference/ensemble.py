@@ -14,8 +14,8 @@ calls (times the tiles), averaged in float32.
 The SDE (``refusion.sample`` / ``RefusionPipeline``): eight trajectories run side by side, one
 per transform, all sharing ONE noise field drawn in the original frame and transformed with the
 image: the initial state and every step's Gaussian noise are drawn once per step from the
-caller's generator, exactly as a run without the ensemble draws them, and every trajectory gets
-them (the scheduler's arithmetic is per pixel, so the 8 states are kept in the original frame
+caller's generator, exactly as a run without the ensemble draws them (none after x_T for a
+deterministic sampler), and every trajectory gets them (the scheduler's arithmetic is per pixel, so the 8 states are kept in the original frame
 and only the network's inputs are transformed, its output mapped back). Hence: the same seed
 gives the same result; a network that is itself invariant under flips and rotations gives the
 plain run's image; each step costs 8 network calls (8 x steps in all) and one noise draw; the

@@ -145,6 +145,7 @@ def sde_sample(
     state_mu = mu
     if self_ensemble:        # the 8 trajectories stay in the original frame, transform-major in the batch
         x, state_mu = repeat_for_ensemble(x), repeat_for_ensemble(mu)
+    draws = self_ensemble and getattr(scheduler, "is_stochastic", True)     # a step that draws noise
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
     # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
     net = InferenceNetwork(noise_fn, mu.device, half=half)
@@ -168,7 +169,7 @@ def sde_sample(
         noise_pred = ensemble_predict(apply, x, inputs) if self_ensemble else apply(x, *inputs)
         bad = ~torch.isfinite(noise_pred).all()
         first_bad = torch.where(bad & (first_bad < 0), index, first_bad)
-        noise = shared_noise(mu, generator) if self_ensemble else None     # one draw for all 8, as a plain run
+        noise = shared_noise(mu, generator) if draws else None     # one draw for all 8, as a plain run draws it
         x = scheduler.step(noise_pred, t, x, mu=state_mu, generator=generator, variance_noise=noise).prev_sample
     bad_index = int(first_bad)                                           # the one host sync
     if bad_index >= 0:
