@@ -181,11 +181,14 @@ def test_threads_flag_sets_torch_threads_and_is_kept_for_accelerate(monkeypatch)
 def test_default_threads_follow_the_affinity_mask_and_the_launch(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert common.default_threads() == 6
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")   # four processes of one launch on this machine
     assert common.default_threads() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert common.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the caller's own count wins, as it does for torch
+    assert common.default_threads() == 3
 
 
 def test_tile_zero_is_the_whole_image_everywhere(stop_after_parsing):

@@ -11,8 +11,17 @@ runs, so `refusion --help` answers at once. tools/*.py call the same ``main`` fu
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Sequence
+
+from refusion.inference.threads import openmp_environment
+
+# OpenMP reads its settings once, when torch loads: set the defaults here, before any command imports
+# torch (also for tools/*.py and `python -m refusion`, which import this package first); a value the
+# caller's environment already has wins (refusion/inference/threads.py, docs/performance.md)
+if "torch" not in sys.modules:
+    os.environ.update(openmp_environment())
 
 # command -> (module, one-line summary); an explicit table, read only by main()
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from refusion.inference.threads import default_threads
+
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -91,19 +93,9 @@ def add_shared(parser: argparse.ArgumentParser, *names: str, **overrides: dict[s
     return group
 
 
-def default_threads() -> int:
-    """The CPUs this process may use (its affinity mask, which cgroups and taskset narrow), divided
-    among the processes of a launch on this machine (LOCAL_WORLD_SIZE, set by accelerate / torchrun)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):   # no affinity masks (macOS, Windows)
-        cpus = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, cpus // max(1, local))
-
-
 def set_threads(threads: int | None) -> int:
-    """Set torch's thread count once for the command (``None``: :func:`default_threads`); returns it.
+    """Set torch's thread count once for the command (``None``: refusion.inference.threads.default_threads:
+    the CPUs this process may use, shared among the processes of a launch); returns it.
 
     An explicit count also goes into OMP_NUM_THREADS, which accelerate reads before it chooses its
     own count for CPU processes, and which child processes inherit.
