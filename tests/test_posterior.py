@@ -100,11 +100,15 @@ def test_samples_do_not_depend_on_the_chunking_and_run_as_one_batch():
 
 
 def test_automatic_chunk_size_follows_the_image_size(monkeypatch):
-    assert chunks_module.auto_chunk_size(8, 1, 256, 256, None) == 8       # 8 x 256^2 fits AUTO_CHUNK_PIXELS
-    assert chunks_module.auto_chunk_size(8, 1, 4096, 4096, None) == 1     # never below one sample
-    assert chunks_module.auto_chunk_size(8, 2, 4096, 4096, 256) == 8      # tiles: the tile's area counts
+    auto = chunks_module.auto_chunk_size
+    assert auto(8, 1, 256, 256, None, "cuda") == 8          # 8 x 256^2 fits AUTO_CHUNK_PIXELS
+    assert auto(8, 1, 256, 256, None, "cpu") == 1           # but not the CPU's cache-sized budget
+    assert auto(8, 1, 64, 64, None, "cpu") == 8
+    assert auto(8, 2, 128, 128, None, "cpu") == 2
+    assert auto(8, 1, 4096, 4096, None, "cuda") == 1        # never below one sample
+    assert auto(8, 2, 4096, 4096, 256, "cuda") == 8         # tiles: the tile's area counts
     net = LocalNoiseNet().eval()
-    monkeypatch.setattr(chunks_module, "AUTO_CHUNK_PIXELS", 2 * 24 * 20 * 2)    # two samples of the batch
+    monkeypatch.setattr(chunks_module, "AUTO_CHUNK_PIXELS_CPU", 2 * 24 * 20 * 2)    # two samples of the batch
     refusion.sample_posterior(lq_batch(), model=net, num_samples=5, steps=2, progress=False)
     assert sorted(set(net.batches)) == [2, 4]
 

@@ -24,12 +24,16 @@ import torch
 
 from refusion.schedulers.ir_sde import GeneratorGroups
 
-__all__ = ["AUTO_CHUNK_PIXELS", "check_num_samples", "check_stochastic", "sample_generators", "auto_chunk_size",
+__all__ = ["AUTO_CHUNK_PIXELS", "AUTO_CHUNK_PIXELS_CPU", "check_num_samples", "check_stochastic", "sample_generators", "auto_chunk_size",
            "sample_in_chunks"]
 
 # chunk_size=None: as many samples per network batch as keep the network's input (chunk * B images of
-# the tile or the whole image) under this many pixels; benchmarks/posterior.py measures the memory
+# the tile or the whole image) under this many pixels. On GPUs a large batch fills the device. On the
+# CPU a batch pays only while its activations stay in the caches: with the quickstart network (2
+# threads) 4 x 128^2 ran 1.6x faster per image than 1 x 128^2, but 8 x 256^2 1.9x slower than 1 x 256^2
+# (docs/performance.md, `refusion benchmark posterior`).
 AUTO_CHUNK_PIXELS = 1024 * 1024
+AUTO_CHUNK_PIXELS_CPU = 256 * 256
 # the last seed torch.Generator.manual_seed takes comfortably on every device
 _SEED_RANGE = 2 ** 62
 
@@ -82,11 +86,14 @@ def sample_generators(generator: Any, num_samples: int, batch: int, device: torc
                      f"{[type(g).__name__ if not isinstance(g, (list, tuple)) else f'list of {len(g)}' for g in generator]}")
 
 
-def auto_chunk_size(num_samples: int, batch: int, height: int, width: int, tile: int | None) -> int:
+def auto_chunk_size(num_samples: int, batch: int, height: int, width: int, tile: int | None,
+                    device: torch.device | str = "cpu") -> int:
     """Samples per network batch when chunk_size is None: the network's input (a tile or the whole
-    image, times ``batch`` images) times the chunk stays under AUTO_CHUNK_PIXELS; at least 1."""
+    image, times ``batch`` images) times the chunk stays under AUTO_CHUNK_PIXELS_CPU on the CPU,
+    AUTO_CHUNK_PIXELS on other devices; at least 1."""
     area = height * width if not tile else min(height, tile) * min(width, tile)
-    return max(1, min(num_samples, AUTO_CHUNK_PIXELS // max(1, batch * area)))
+    budget = AUTO_CHUNK_PIXELS_CPU if torch.device(device).type == "cpu" else AUTO_CHUNK_PIXELS
+    return max(1, min(num_samples, budget // max(1, batch * area)))
 
 
 def _check_chunk_size(chunk_size: Any) -> None:
@@ -134,7 +141,7 @@ def sample_in_chunks(run: Callable[..., torch.Tensor], per_image: Sequence[torch
     _check_chunk_size(chunk_size)
     mu = per_image[0]
     batch, num_samples = mu.shape[0], len(entries)
-    chunk = chunk_size or auto_chunk_size(num_samples, batch, mu.shape[-2], mu.shape[-1], tile)
+    chunk = chunk_size or auto_chunk_size(num_samples, batch, mu.shape[-2], mu.shape[-1], tile, mu.device)
     outputs = []
     for start in range(0, num_samples, chunk):
         part = entries[start:start + chunk]
