@@ -177,3 +177,20 @@ def test_a_mean_of_k_with_a_deterministic_sampler_is_refused_before_any_restorat
         evaluate_runs([runs / "runs/sde"], runs / "pairs/val/gt", runs / "pairs/val/lq", tmp_path / "report",
                       samplers=["mr_sde:2", "mr_ode:2:mean3"], progress=False)
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.slow
+def test_the_views_of_a_stereo_test_set_are_resampled_by_scene(runs, tmp_path):
+    import shutil
+
+    for kind in ("gt", "lq"):                       # img0..img3 renamed as the views of two scenes
+        (tmp_path / kind).mkdir()
+        for i, name in enumerate(("0_L", "0_R", "1_L", "1_R")):
+            shutil.copy(runs / f"pairs/val/{kind}/img{i % 3}.png", tmp_path / kind / f"{name}.png")
+    result = evaluate_runs([runs / "runs/nafnet"], tmp_path / "gt", tmp_path / "lq", tmp_path / "report",
+                           progress=False, lpips_net="alex")
+    row = result["rows"][1]
+    psnr = [p["psnr"] for p in row["per_image"]]
+    scenes = mean_interval(psnr, groups=["0", "0", "1", "1"])
+    assert row["psnr_ci"] == [scenes.low, scenes.high] != [mean_interval(psnr).low, mean_interval(psnr).high]
+    assert "resampled by scene (2 stereo pairs, both views together)" in " ".join(result["notes"])

@@ -98,3 +98,27 @@ def test_add_intervals_refuses_an_unknown_reference_or_unpaired_rows():
     rows.append(_row("other", [1.0] * 4, images=("a", "b", "c", "e")))
     with pytest.raises(ValueError, match="different images"):
         add_intervals(rows, reference="nafnet")
+
+
+def test_grouped_images_are_resampled_together():
+    scenes = np.random.default_rng(5).normal(25.0, 3.0, size=40)
+    views, labels = np.repeat(scenes, 2), np.repeat([f"s{i:02d}" for i in range(40)], 2)   # two equal views a scene
+    grouped, alone = mean_interval(views, groups=labels), mean_interval(scenes)
+    assert grouped.n == 80 and grouped.mean == pytest.approx(alone.mean)
+    assert (grouped.low, grouped.high) == pytest.approx((alone.low, alone.high), abs=1e-9)
+    naive = mean_interval(views)                     # views as independent images: too narrow by about sqrt(2)
+    assert (naive.high - naive.low) < 0.8 * (grouped.high - grouped.low)
+    assert not mean_interval([1.0, 2.0], groups=["a", "a"]).defined     # one scene: nothing to resample
+    with pytest.raises(ValueError, match="3 labels for 2 images"):
+        mean_interval([1.0, 2.0], groups=["a", "b", "c"])
+
+
+def test_add_intervals_resamples_the_groups_it_is_given():
+    rows = [_row("input (LQ)", [20.0, 22.0, 21.0, 25.0]), _row("nafnet", [27.0, 29.5, 28.0, 31.0])]
+    groups = {"a": "x", "b": "x", "c": "y", "d": "y"}
+    add_intervals(rows, reference="input (LQ)", groups=groups)
+    want = paired_difference([27.0, 29.5, 28.0, 31.0], [20.0, 22.0, 21.0, 25.0], groups=["x", "x", "y", "y"])
+    assert rows[1]["difference"]["psnr"] == want.as_dict()
+    assert rows[1]["psnr_ci"] == [mean_interval([27.0, 29.5, 28.0, 31.0], groups=["x", "x", "y", "y"]).low,
+                                  mean_interval([27.0, 29.5, 28.0, 31.0], groups=["x", "x", "y", "y"]).high]
+    assert rows[1]["psnr_ci"] != [mean_interval([27.0, 29.5, 28.0, 31.0]).low, mean_interval([27.0, 29.5, 28.0, 31.0]).high]

@@ -322,11 +322,12 @@ def evaluate_runs(
     if not state.is_main_process:
         return None
 
-    add_intervals(rows, reference)
+    scenes = _scene_groups([name for name, _, _ in pairs])
+    add_intervals(rows, reference, groups=scenes)
     notes = [f"PSNR/SSIM: BasicSR protocol, crop_border={crop_border}, test_y_channel={test_y_channel}; "
              f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
              f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)",
-             _interval_note(len(pairs), reference)]
+             _interval_note(len(pairs), reference, scenes)]
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
     artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
@@ -370,17 +371,30 @@ def _row(label, run, kind, sampler, steps, nfe, records: list[dict], order: dict
     }
 
 
-def _interval_note(n: int, reference: str | None) -> str:
-    if n < 2:
-        return ("one test image: no confidence intervals or paired differences with intervals (a bootstrap over "
-                "one image is degenerate); the table gives the single image's scores")
-    note = (f"[low, high]: {CONFIDENCE:.0%} percentile-bootstrap intervals of the mean over the {n} test images "
+def _scene_groups(names: list[str]) -> dict[str, str] | None:
+    """View -> pair id when the test set is stereo (every image one view of a complete <id>_L/<id>_R pair):
+    the two views show one scene, so the bootstrap resamples them together; else None."""
+    try:
+        stereo_groups(names)
+    except ValueError:
+        return None
+    return {name: name[:-2] for name in names}
+
+
+def _interval_note(n: int, reference: str | None, scenes: dict[str, str] | None) -> str:
+    units = len(set(scenes.values())) if scenes else n
+    if units < 2:
+        return (f"one test {'scene' if scenes else 'image'}: no confidence intervals or paired differences with "
+                "intervals (a bootstrap over one is degenerate); the table gives its scores")
+    what = f"the {n} test images" + (f", resampled by scene ({units} stereo pairs, both views together)"
+                                     if scenes else "")
+    note = (f"[low, high]: {CONFIDENCE:.0%} percentile-bootstrap intervals of the mean over {what} "
             f"({RESAMPLES:,} resamples, seed {SEED}); an interval is left out where a score is infinite")
     if reference is not None:
         note += f"; differences to {reference} resample both rows' images jointly"
-    if n < FEW_IMAGES:
-        note += (f"; with fewer than {FEW_IMAGES} images these intervals are too narrow (a bootstrap only "
-                 "recombines the images it was given): read them as the spread of those images")
+    if units < FEW_IMAGES:
+        note += (f"; with fewer than {FEW_IMAGES} {'scenes' if scenes else 'images'} these intervals are too "
+                 "narrow (a bootstrap only recombines what it was given): read them as the spread of those images")
     return note
 
 
