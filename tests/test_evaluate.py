@@ -168,7 +168,8 @@ def test_rows_for_the_mean_of_k_samples_and_the_self_ensemble(runs, tmp_path):
     want = metrics.psnr(mean[0].permute(1, 2, 0).numpy(), gt)
     assert rows["sde [mr_sde, 2, mean of 3]"]["per_image"][1]["psnr"] == pytest.approx(want, abs=1e-9)
     ensembled = refusion.restore(lq, model=str(runs / "runs/nafnet"), self_ensemble=True, progress=False)
-    assert rows["nafnet [self-ensemble x8]"]["per_image"][1]["psnr"] == pytest.approx(metrics.psnr(ensembled, gt), abs=1e-9)
+    want = metrics.psnr(ensembled, gt)
+    assert rows["nafnet [self-ensemble x8]"]["per_image"][1]["psnr"] == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.slow

@@ -80,7 +80,8 @@ def _csv_fields(row: dict) -> dict:
         low, high = row.get(f"{key}_ci") or (None, None)
         fields.update({f"{key}_ci_low": low, f"{key}_ci_high": high})
         d = diff.get(key) or {}
-        fields.update({f"{key}_diff": d.get("mean"), f"{key}_diff_low": d.get("low"), f"{key}_diff_high": d.get("high")})
+        fields.update({f"{key}_diff": d.get("mean"), f"{key}_diff_low": d.get("low"),
+                       f"{key}_diff_high": d.get("high")})
     return fields
 
 
