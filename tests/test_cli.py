@@ -75,6 +75,7 @@ SHARED_FLAGS = {
     "demo": {"--device", "--threads", "--seed", "--no-progress"},
     "sampling-study": {"--device", "--threads", "--model", "--steps", "--seed", "--no-progress"},
     "sampling-trajectory": {"--device", "--threads", "--model", "--steps"},
+    "gpu-check": {"--device", "--threads"},
 }
 # the least each command needs to parse (paths need not exist: parsing stops before any work)
 MINIMAL_ARGS = {
@@ -90,6 +91,7 @@ MINIMAL_ARGS = {
     "demo": [],
     "sampling-study": ["--model", "run", "--data", "data"],
     "sampling-trajectory": ["--model", "run", "--data", "data"],
+    "gpu-check": [],
 }
 
 
@@ -110,7 +112,7 @@ def stop_after_parsing(monkeypatch):
 
 
 def test_the_specification_covers_every_command():
-    assert set(SHARED_FLAGS) == set(COMMANDS) - {"gpu-check"} == set(MINIMAL_ARGS)
+    assert set(SHARED_FLAGS) == set(COMMANDS) == set(MINIMAL_ARGS)
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_FLAGS))
@@ -129,7 +131,8 @@ def test_each_command_help_lists_its_shared_flags(name, capsys):
 def test_device_defaults_to_auto(name, stop_after_parsing):
     with pytest.raises(_Parsed) as parsed:
         main([name, *MINIMAL_ARGS[name]])
-    assert parsed.value.namespace.device == "auto"
+    # the GPU check checks a GPU: its default is CUDA, and no GPU is a usage error (tests/test_gpu_check.py)
+    assert parsed.value.namespace.device == ("cuda" if name == "gpu-check" else "auto")
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_FLAGS))
@@ -151,7 +154,7 @@ def test_a_misspelt_device_is_a_usage_error(name, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: a CUDA request is not an error here")
-@pytest.mark.parametrize("name", ["train", "evaluate", "sampling-study", "demo"])
+@pytest.mark.parametrize("name", ["train", "evaluate", "sampling-study", "demo", "gpu-check"])
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_cuda_is_a_usage_error_naming_the_flag(name, device, capsys):
     with pytest.raises(SystemExit) as info:

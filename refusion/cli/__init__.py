@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("refusion.cli.demo", "the quickstart: dataset, tiny SDE and NAFNet, evaluation report"),
     "sampling-study": ("refusion.cli.sampling_study", "every SDE sampler at several step counts on one run"),
     "sampling-trajectory": ("refusion.cli.sampling_trajectory", "PSNR of x0 estimates along the reverse trajectory"),
+    "gpu-check": ("refusion.cli.gpu_check", "the CUDA paths on one GPU: cuda tests, DDP, compile, figures (--dry-run)"),
 }
 
 
