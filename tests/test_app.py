@@ -484,6 +484,10 @@ def test_page_in_chromium_restores_refuses_bad_uploads_and_keeps_serving(server,
           what="the page")
     first_page_s = time.perf_counter() - start
     assert browser.title == "refusion"
+    # every model: colour fix and self-ensemble; the posterior samples control only for SDE models
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#color-fix input[type=radio]")) == 3
+    assert browser.find_elements(By.CSS_SELECTOR, "#self-ensemble input[type=checkbox]")
+    assert not [e for e in browser.find_elements(By.CSS_SELECTOR, "#samples") if e.is_displayed()]
 
     # a 16-bit PNG with the regressor: before/after, and the download is the full-size 16-bit result
     _upload(browser, "#lq-file", uploads["deep.png"])
@@ -506,6 +510,8 @@ def test_page_in_chromium_restores_refuses_bad_uploads_and_keeps_serving(server,
     # the next request works: a sample photograph with its ground truth, through the SDE model
     _choose(browser, "#model", "tiny_sde")
     _wait(browser, lambda d: "tiny_sde: SDE" in _text(d, "#about"), what="the SDE model's description")
+    _wait(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#samples") if e.is_displayed()],
+          what="the posterior samples control of the SDE model")
     browser.find_element(By.CSS_SELECTOR, "#use-sample").click()
     _wait(browser, lambda d: "coffee_noise.png: 600x400, 8-bit" in _text(d, "#status"), what="the sample")
     status = _restore(browser, "restored coffee_noise.png")
