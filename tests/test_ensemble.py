@@ -250,6 +250,14 @@ def test_pipeline_color_fix_uses_the_input_as_the_pipeline_sees_it(method):
     torch.testing.assert_close(sampled, fixed, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_sample_with_a_bare_network_fixes_colours_toward_the_input(method):
+    net, mu = CountingNoise(), _image(16, 24)
+    plain, fixed = _sample(net, mu, sampler="sde"), _sample(net, mu, sampler="sde", color_fix=method)
+    torch.testing.assert_close(fixed, apply_color_fix(plain, mu, method).clamp(0, 1), atol=1e-5, rtol=0)
+    assert (fixed - plain).abs().max() > 1e-3
+
+
 def test_sample_self_ensemble_refuses_a_stereo_model():
     pipe = _pipeline(stereo=True)
     with pytest.raises(ValueError, match="stereo network StereoNAFNet.*horizontal flip would have to swap the views"):
