@@ -212,6 +212,26 @@ def test_auto_device_is_the_cpu_without_cuda_and_names_are_checked():
         common.device_name("cuda:x")
 
 
+def test_help_imports_neither_torch_nor_diffusers():
+    """`refusion <command> --help` must answer before the heavy libraries load (docs/performance.md times it)."""
+    probe = textwrap.dedent("""
+        import json, subprocess, sys
+        from refusion.cli import COMMANDS
+        heavy = {}
+        for name in [None, *COMMANDS]:
+            code = ("import sys\\nfrom refusion.cli import main\\ntry:\\n    main(%r)\\nexcept SystemExit:\\n    pass\\n"
+                    "print([m for m in ('torch', 'diffusers', 'accelerate', 'gradio') if m in sys.modules])"
+                    % ([name, '--help'] if name else ['--help']))
+            out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+            heavy[name or ''] = eval(out.strip().splitlines()[-1])
+        print(json.dumps(heavy))
+    """)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert heavy == {name: [] for name in heavy}
+
+
 def test_import_refusion_is_light_and_every_public_name_resolves():
     code = ("import sys, refusion\nlight = 'torch' not in sys.modules\n"
             "missing = [n for n in refusion.__all__ if getattr(refusion, n, None) is None]\nprint(light, missing)")

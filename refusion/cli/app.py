@@ -37,9 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from typing import TYPE_CHECKING
+
 from refusion.cli import common
-from refusion.cli.app_service import (COLOR_FIX_CHOICES, SAMPLE_DEGRADATIONS, AppInputError, AppService, Limits,
-                                      LoadedModel, Settings, metrics_markdown, preview, read_upload, uncertainty_map)
+
+if TYPE_CHECKING:   # app_service (numpy, torch) loads in the functions that use it: `--help` stays fast
+    from refusion.cli.app_service import AppService, Limits, LoadedModel, Settings
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -113,6 +116,8 @@ def is_loopback(host: str) -> bool:
 
 
 def check_args(args) -> Limits:
+    from refusion.cli.app_service import Limits
+
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     for flag, value in (("--max-megapixels", args.max_megapixels), ("--max-steps", args.max_steps),
@@ -139,6 +144,7 @@ def resolve_device(name: str):
 def load_models(specs: list[ModelSpec], device) -> list[LoadedModel]:
     """Every --model, loaded as `refusion restore` loads it; UsageError naming the one that fails."""
     from refusion.cli import restore as restore_cli
+    from refusion.cli.app_service import LoadedModel
     from refusion.inference.loading import default_tlc
 
     names = [spec.path.stem if spec.path.is_file() else spec.path.name or str(spec.path) for spec in specs]
@@ -170,6 +176,8 @@ def build_app(service: AppService, defaults: Settings | None = None):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    from refusion.cli.app_service import (COLOR_FIX_CHOICES, SAMPLE_DEGRADATIONS, AppInputError, Settings,
+                                          metrics_markdown, preview, read_upload, uncertainty_map)
     from refusion.data.image_io import IMAGE_EXTENSIONS
     from refusion.data.synthetic import SOURCES
 
@@ -289,6 +297,8 @@ def build_app(service: AppService, defaults: Settings | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from refusion.cli.app_service import AppService, Settings
+
     try:
         limits = check_args(args)
         common.set_threads(args.threads)

@@ -51,20 +51,17 @@ from pathlib import Path
 
 from functools import partial
 
-import numpy as np
-import torch
-from accelerate.utils import gather_object
+from typing import TYPE_CHECKING
 
+# torch, numpy, accelerate and the library are imported inside the functions that use them, so that
+# `refusion restore --help` answers without loading them (tests/test_cli.py checks it)
 from refusion.cli import common
 from refusion.cli.restore_posterior import add_posterior_args, check_posterior_flags, restore_posterior
-from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest, prepare_output,
-                                       report, restore_state, run_share, settings_of, write_summary)
-from refusion.data.image_io import IMAGE_EXTENSIONS, image_bit_depth, read_image, write_image
-from refusion.data.lens import LensInfo, LensMetadataError, lens_info, lens_info_for, read_lens_metadata
-from refusion.inference.pipeline import RefusionPipeline, load_pipeline, takes_lens_info
-from refusion.data.paired import stereo_groups
-from refusion.inference.loading import default_tlc, is_stereo, load_regressor, read_run_task
-from refusion.inference.restoration import restore
+
+if TYPE_CHECKING:
+    import torch
+
+    from refusion.data.lens import LensInfo
 
 WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -125,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def list_inputs(path: Path) -> list[Path]:
+    from refusion.data.image_io import IMAGE_EXTENSIONS
+
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -166,6 +165,8 @@ def plan_outputs(inputs: list[Path], out_dir: Path, input_arg: Path) -> list[Pat
 
 def plan_jobs(inputs: list[Path], outputs: list[Path], *, stereo: bool) -> list[tuple[tuple[Path, ...], tuple[Path, ...]]]:
     """(sources, targets) per network pass: one image, or for a stereo model its <id>_L / <id>_R pair."""
+    from refusion.data.paired import stereo_groups
+
     if not stereo:
         return [((src,), (dst,)) for src, dst in zip(inputs, outputs)]
     by_stem = {src.stem: (src, dst) for src, dst in zip(inputs, outputs)}
@@ -188,6 +189,9 @@ def model_folder(args) -> Path:
 
 def load_model(path: Path, device: torch.device, weights: str = "model"):
     """('sde', RefusionPipeline) or ('regressor', network) from a run or saved directory."""
+    from refusion.inference.loading import load_regressor, read_run_task
+    from refusion.inference.pipeline import load_pipeline
+
     if not path.is_dir():
         raise UsageError(f"--model {str(path)!r} is not a directory (a run directory or a saved model)")
     if (path / "model_index.json").is_file():
@@ -205,6 +209,9 @@ def load_model(path: Path, device: torch.device, weights: str = "model"):
 def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
     """The lens information of each input for a bokeh model (None for other models); every problem
     (a missing entry, a value out of range, flags for a model that takes none) is a UsageError."""
+    from refusion.data.lens import LensMetadataError, lens_info, lens_info_for, read_lens_metadata
+    from refusion.inference.pipeline import RefusionPipeline, takes_lens_info
+
     flags = {"--src-lens": args.src_lens, "--tgt-lens": args.tgt_lens, "--disparity": args.disparity}
     given = [name for name, value in flags.items() if value is not None]
     bokeh = isinstance(model, RefusionPipeline) and takes_lens_info(model.unet)
@@ -235,6 +242,10 @@ def restore_one(kind: str, model, image, args, device: torch.device, lens: LensI
                 sources: tuple[Path, ...] = (), targets: tuple[Path, ...] = ()):
     """Restored float32 HWC array of one image (``lens``: its lens information, bokeh models). With
     --samples the posterior mean, after the --save-std / --save-samples files of ``targets``."""
+    import torch
+
+    from refusion.inference.restoration import restore
+
     if kind == "sde" and args.samples:
         return restore_posterior(model, image, args, device, lens, sources, targets)
     if kind == "regressor":
@@ -262,6 +273,10 @@ def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path
                 device: torch.device, lenses: dict[Path, LensInfo] | None) -> None:
     """Restore one job and write its outputs: a stereo pair goes through the network in one pass
     (left then right on channels) and each view is written to its own file, at its input's bit depth."""
+    import numpy as np
+
+    from refusion.data.image_io import image_bit_depth, read_image, write_image
+
     image = np.concatenate([read_image(src) for src in sources], axis=2)
     restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]], sources=sources,
                            targets=targets)
@@ -273,6 +288,15 @@ def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.set_threads(args.threads)
+
+    from accelerate.utils import gather_object
+
+    from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
+                                           prepare_output, report, restore_state, run_share, settings_of,
+                                           write_summary)
+    from refusion.inference.loading import default_tlc, is_stereo
+    from refusion.inference.pipeline import RefusionPipeline
+
     try:
         device = resolve_device(args.device)
         state = restore_state(device)

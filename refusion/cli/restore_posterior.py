@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from refusion.data.image_io import atomic_output, image_bit_depth, write_image
+if TYPE_CHECKING:   # numpy and torch load where they are used: `refusion restore --help` stays fast
+    import numpy as np
+    import torch
 
 STD_COLORMAP = "magma"
 DEFAULT_STD_MAX = 0.1
@@ -106,6 +106,7 @@ def check_posterior_flags(args, kind: str, model, outputs: list[Path], usage_err
 
 def std_colormap(std: np.ndarray, std_max: float) -> np.ndarray:
     """(H, W, 3) float RGB of the (H, W, C) std: mean over channels, scaled by ``std_max``, colour-mapped."""
+    import numpy as np
     from matplotlib import colormaps
 
     level = np.clip(std.mean(axis=2) / std_max, 0.0, 1.0)
@@ -113,7 +114,10 @@ def std_colormap(std: np.ndarray, std_max: float) -> np.ndarray:
 
 
 def _write_tiff(path: Path, array: np.ndarray) -> None:
+    import numpy as np
     import tifffile
+
+    from refusion.data.image_io import atomic_output
 
     with atomic_output(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(array, dtype=np.float32),
@@ -127,6 +131,9 @@ def _hwc(t: torch.Tensor) -> np.ndarray:
 def restore_posterior(model, image: np.ndarray, args, device: torch.device, lens, sources, targets) -> np.ndarray:
     """Sample the posterior of one image (both views of a stereo pair on channels), write the extra
     files of every view, and return the mean as a float32 HWC array."""
+    import torch
+
+    from refusion.data.image_io import image_bit_depth, write_image
     from refusion.inference.posterior import sample_posterior
 
     latent = {"auto": None, "on": True, "off": False}[args.latent]

@@ -22,9 +22,15 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refusion.cli import common
 from refusion.cli.sampling_study import load_checkpoint_weights
+
+if TYPE_CHECKING:   # torch loads in the functions that use it: `--help` answers without it
+    import torch
+
+    from refusion.schedulers.ir_sde import IRSDEScheduler
 
 
 def psnr_db(x: torch.Tensor, gt: torch.Tensor) -> float:
