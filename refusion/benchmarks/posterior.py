@@ -61,38 +61,62 @@ def _run(**kwargs) -> dict:
             "above_baseline_gib": (report["peak_rss_bytes"] - report["baseline_rss_bytes"]) / GIB}
 
 
+def _timings(size: int, k: int, steps: int, chunks: list[int], repeats: int) -> dict:
+    """Seconds per sample of K separate calls and of sample_posterior at each chunk size, timed in this
+    process with the variants interleaved (a busy spell of the shared machine hits them all)."""
+    import refusion
+
+    net, _ = build_network(NETWORK, True)
+    net.eval()
+    lq = smooth_image(size, size)
+    kw = dict(model=net, steps=steps, sampler="mr_sde", progress=False)
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(k)]
+
+    fns = {"separate": lambda: [refusion.sample(lq, generator=g, **kw) for g in gens()]}
+    for chunk in chunks:
+        fns[f"chunk {chunk}"] = (lambda chunk=chunk: refusion.sample_posterior(lq, num_samples=k, generator=gens(),
+                                                                               chunk_size=chunk, **kw))
+    timed = perf.time_side_by_side(fns, repeats=repeats, warmup=1)
+    return {name: {**t, "per_sample_s": t["median_s"] / k} for name, t in timed.items()}
+
+
 def _compare(size: int, k: int, steps: int, repeats: int) -> dict:
-    """One image size: one sample, K separate calls, sample_posterior with the automatic chunk and with
-    all K samples in one batch."""
+    """One image size: time per sample (interleaved, this process) and peak RSS (a fresh process per
+    variant) of K separate calls and of sample_posterior with the automatic chunk, 2 and K."""
     from refusion.inference.sample_chunks import auto_chunk_size
 
-    def _in_subprocess(**kwargs) -> dict:
-        return _run(repeats=repeats, **kwargs)
-
     auto = auto_chunk_size(k, 1, size, size, None, "cpu")
-    runs = {"one sample": _in_subprocess(size=size, num_samples=1, steps=steps, mode="separate"),
-            f"{k} separate calls": _in_subprocess(size=size, num_samples=k, steps=steps, mode="separate"),
-            f"posterior, chunk {auto} (auto)": _in_subprocess(size=size, num_samples=k, steps=steps,
-                                                             mode="posterior")}
-    for chunk in sorted({2, k} - {auto}):
-        runs[f"posterior, chunk {chunk}"] = _in_subprocess(size=size, num_samples=k, steps=steps, mode="posterior",
-                                                           chunk_size=chunk)
-    one, separate = runs["one sample"], runs[f"{k} separate calls"]
-    for run in runs.values():
-        chunk = 1 if run["mode"] == "separate" else run.get("chunk_size") or auto
-        run["chunk"] = chunk
-        run["speedup_per_sample_vs_separate"] = separate["per_sample_s"] / run["per_sample_s"]
-        # the goal: peak RSS within 1.5x of one sample's times the samples per network batch
-        run["rss_vs_one_sample_x_chunk"] = run["peak_rss_gib"] / (one["peak_rss_gib"] * chunk)
-        run["above_baseline_vs_one_sample_x_chunk"] = run["above_baseline_gib"] / (one["above_baseline_gib"] * chunk)
+    chunks = sorted({auto, 2, k})
+    times = _timings(size, k, steps, chunks, repeats)
+    memory = {"one sample": _run(size=size, num_samples=1, steps=steps, mode="separate"),
+              "separate": _run(size=size, num_samples=k, steps=steps, mode="separate")}
+    for chunk in chunks:
+        memory[f"chunk {chunk}"] = _run(size=size, num_samples=k, steps=steps, mode="posterior", chunk_size=chunk)
+    one, separate = memory["one sample"], memory["separate"]
+    rows, runs = [], {}
+    for name, run in memory.items():
+        chunk = int(name.split()[1]) if name.startswith("chunk") else 1
+        entry = {"chunk": chunk, "auto": name == f"chunk {auto}", "peak_rss_gib": run["peak_rss_gib"],
+                 "above_baseline_gib": run["above_baseline_gib"],
+                 # the goal: peak RSS within 1.5x of one sample's times the samples per network batch
+                 "rss_vs_one_sample_x_chunk": run["peak_rss_gib"] / (one["peak_rss_gib"] * chunk),
+                 "above_baseline_vs_one_sample_x_chunk": run["above_baseline_gib"] / (one["above_baseline_gib"] * chunk),
+                 "fresh_process_s": run["seconds"]}
+        if name in times:
+            entry.update(per_sample_s=times[name]["per_sample_s"], runs_s=times[name]["runs_s"],
+                         speedup_per_sample_vs_separate=times["separate"]["per_sample_s"] / times[name]["per_sample_s"])
         if run["num_samples"] == k:
-            run["max_mean_diff_vs_separate"] = max(abs(a - b) for a, b in zip(run["sample_means"],
-                                                                               separate["sample_means"]))
-    rows = [{"variant": name, "s/sample": run["per_sample_s"], "speedup": run["speedup_per_sample_vs_separate"],
-             "peak RSS GiB": run["peak_rss_gib"], "above import GiB": run["above_baseline_gib"],
-             "above import / (one x chunk)": run["above_baseline_vs_one_sample_x_chunk"]} for name, run in runs.items()]
-    print_table(f"posterior samples: K={k}, {size}x{size}, {steps} mr_sde steps, {NETWORK} (each in a fresh "
-                f"process)", rows, list(rows[0]))
+            entry["max_mean_diff_vs_separate"] = max(abs(a - b) for a, b in zip(run["sample_means"],
+                                                                                 separate["sample_means"]))
+        runs[name] = entry
+        rows.append({"variant": name + (" (auto)" if entry["auto"] else ""), "s/sample": entry.get("per_sample_s"),
+                     "speedup": entry.get("speedup_per_sample_vs_separate"), "peak RSS GiB": entry["peak_rss_gib"],
+                     "above import GiB": entry["above_baseline_gib"],
+                     "above import / (one x chunk)": entry["above_baseline_vs_one_sample_x_chunk"]})
+    print_table(f"posterior samples: K={k}, {size}x{size}, {steps} mr_sde steps, {NETWORK} (time: interleaved "
+                f"medians; memory: a fresh process each)", rows, list(rows[0]))
     return {"image_size": size, "num_samples": k, "steps": steps, "auto_chunk": auto, "runs": runs}
 
 

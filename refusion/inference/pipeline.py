@@ -287,7 +287,7 @@ class RefusionPipeline(DiffusionPipeline):
         seeded from torch's global RNG; one generator: K seeds drawn from it; a list of K, each a
         generator or a list of B), so sample k equals a one-sample call with generator k.
         ``chunk_size``: samples per network batch (None: automatic, see
-        refusion.inference.sample_chunks.AUTO_CHUNK_PIXELS); the result does not depend on it.
+        refusion.inference.sample_chunks.auto_chunk_size); the result does not depend on it.
         refusion.sample_posterior returns the samples with their mean and std.
 
         ``self_ensemble``: 8 trajectories, one per flip/rotation of the noise network's inputs, sharing

@@ -102,7 +102,7 @@ def sample_posterior(
     ``refusion.sample(lq, ..., generator=generator[k])``. A list of another length is refused.
 
     ``chunk_size``: samples per network batch (chunk_size * B images at once); None picks it from
-    the image (or tile) size, see refusion.inference.sample_chunks.AUTO_CHUNK_PIXELS. Smaller
+    the image (or tile) size and the device, see refusion.inference.sample_chunks.auto_chunk_size. Smaller
     chunks need less memory; the samples do not depend on it. A chunk that runs out of memory
     raises with that advice.
 

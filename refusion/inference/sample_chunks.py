@@ -30,8 +30,8 @@ __all__ = ["AUTO_CHUNK_PIXELS", "AUTO_CHUNK_PIXELS_CPU", "check_num_samples", "c
 # chunk_size=None: as many samples per network batch as keep the network's input (chunk * B images of
 # the tile or the whole image) under this many pixels. On GPUs a large batch fills the device. On the
 # CPU a batch pays only while its activations stay in the caches: with the quickstart network (2
-# threads) 4 x 128^2 ran 1.6x faster per image than 1 x 128^2, but 8 x 256^2 1.9x slower than 1 x 256^2
-# (docs/performance.md, `refusion benchmark posterior`).
+# threads) a batch of 8 samples of 128^2 ran 1.42x faster per sample than separate calls, of 256^2
+# 7% slower (docs/performance.md, `refusion benchmark posterior`).
 AUTO_CHUNK_PIXELS = 1024 * 1024
 AUTO_CHUNK_PIXELS_CPU = 256 * 256
 # the last seed torch.Generator.manual_seed takes comfortably on every device
