@@ -1,5 +1,6 @@
 """Posterior samples: refusion.sample_posterior (K samples as network batches) against K separate
-refusion.sample calls, time per sample and peak RSS, each variant in a fresh process.
+refusion.sample calls: time per sample (variants interleaved in this process) and peak RSS (each
+variant once in a fresh process).
 
 The network is the quickstart-size ConditionalNAFNet (w16, random weights: the cost of a forward does
 not depend on the weights). Every variant draws the same K samples (generator k for sample k), and
@@ -7,7 +8,6 @@ the result records how far the samples of each variant are from the separate cal
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -19,11 +19,9 @@ THIS_MODULE = "refusion.benchmarks.posterior"
 NETWORK = "ConditionalNAFNet-w16-quickstart"
 
 
-def posterior_run(size: int, num_samples: int, steps: int, mode: str, chunk_size: int | None = None,
-                  repeats: int = 1) -> dict:
+def posterior_run(size: int, num_samples: int, steps: int, mode: str, chunk_size: int | None = None) -> dict:
     """Subprocess body: K samples of one size x size image, by K ``sample`` calls (mode "separate")
-    or one ``sample_posterior`` call (mode "posterior"); the median seconds of ``repeats`` runs and a
-    per-sample digest."""
+    or one ``sample_posterior`` call (mode "posterior"); its seconds and a per-sample digest."""
     import refusion
 
     net, _ = build_network(NETWORK, True)
@@ -33,21 +31,14 @@ def posterior_run(size: int, num_samples: int, steps: int, mode: str, chunk_size
     kw = dict(model=net, steps=steps, sampler="mr_sde", progress=False)
     # the first network call of a process pays a one-off start-up (seconds): not part of either variant
     refusion.sample(smooth_image(32, 32), generator=torch.Generator().manual_seed(0), **{**kw, "steps": 1})
-
-    def run() -> torch.Tensor:
-        gens = [torch.Generator().manual_seed(g.initial_seed()) for g in generators]
-        if mode == "separate":
-            return torch.stack([refusion.sample(lq, generator=g, **kw) for g in gens])
-        return refusion.sample_posterior(lq, num_samples=num_samples, generator=gens, chunk_size=chunk_size,
-                                         **kw).samples
-
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        samples = run()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {"seconds": seconds, "runs_s": times, "per_sample_s": seconds / num_samples,
+    start = time.perf_counter()
+    if mode == "separate":
+        samples = torch.stack([refusion.sample(lq, generator=g, **kw) for g in generators])
+    else:
+        samples = refusion.sample_posterior(lq, num_samples=num_samples, generator=generators, chunk_size=chunk_size,
+                                            **kw).samples
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "per_sample_s": seconds / num_samples,
             "sample_means": [float(s.double().mean()) for s in samples],
             "sample_std_over_k": float(samples.std(0, correction=0).mean())}
 
