@@ -93,7 +93,8 @@ def _compare(size: int, k: int, steps: int, repeats: int) -> dict:
                  "above_baseline_gib": run["above_baseline_gib"],
                  # the goal: peak RSS within 1.5x of one sample's times the samples per network batch
                  "rss_vs_one_sample_x_chunk": run["peak_rss_gib"] / (one["peak_rss_gib"] * chunk),
-                 "above_baseline_vs_one_sample_x_chunk": run["above_baseline_gib"] / (one["above_baseline_gib"] * chunk),
+                 "above_baseline_vs_one_sample_x_chunk":
+                     run["above_baseline_gib"] / (one["above_baseline_gib"] * chunk),
                  "fresh_process_s": run["seconds"]}
         if name in times:
             entry.update(per_sample_s=times[name]["per_sample_s"], runs_s=times[name]["runs_s"],
@@ -115,4 +116,5 @@ def bench_posterior(state: dict) -> dict:
     # 256x256 is the target; at 128x128 a batch of samples still fits the CPU's caches
     sizes, k, steps = ((64,), 4, 2) if state["smoke"] else ((256, 128), 8, 5)
     return {"network": NETWORK, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch_threads": torch.get_num_threads(), "sizes": [_compare(size, k, steps, state["repeats"]) for size in sizes]}
+            "torch_threads": torch.get_num_threads(),
+            "sizes": [_compare(size, k, steps, state["repeats"]) for size in sizes]}

@@ -24,8 +24,8 @@ import torch
 
 from refusion.schedulers.ir_sde import GeneratorGroups
 
-__all__ = ["AUTO_CHUNK_PIXELS", "AUTO_CHUNK_PIXELS_CPU", "check_num_samples", "check_stochastic", "sample_generators", "auto_chunk_size",
-           "sample_in_chunks"]
+__all__ = ["AUTO_CHUNK_PIXELS", "AUTO_CHUNK_PIXELS_CPU", "check_num_samples", "check_stochastic", "sample_generators",
+           "auto_chunk_size", "sample_in_chunks"]
 
 # chunk_size=None: as many samples per network batch as keep the network's input (chunk * B images of
 # the tile or the whole image) under this many pixels. On GPUs a large batch fills the device. On the
@@ -81,9 +81,9 @@ def sample_generators(generator: Any, num_samples: int, batch: int, device: torc
                  for g in generator]
     if all(per_image):
         return [list(g) for g in generator]
+    forms = [f"list of {len(g)}" if isinstance(g, (list, tuple)) else type(g).__name__ for g in generator]
     raise ValueError(f"generator: entry k of the list is sample k's generator, either one torch.Generator or a "
-                     f"list of {batch} (one per image), the same form for every sample; got "
-                     f"{[type(g).__name__ if not isinstance(g, (list, tuple)) else f'list of {len(g)}' for g in generator]}")
+                     f"list of {batch} (one per image), the same form for every sample; got {forms}")
 
 
 def auto_chunk_size(num_samples: int, batch: int, height: int, width: int, tile: int | None,
