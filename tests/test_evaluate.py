@@ -173,10 +173,18 @@ def test_rows_for_the_mean_of_k_samples_and_the_self_ensemble(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_mean_of_k_with_a_deterministic_sampler_is_refused_before_any_restoration(runs, tmp_path):
-    with pytest.raises(ValueError, match=r"'sde \[mr_ode, 2, mean of 3\]'.*deterministic"):
-        evaluate_runs([runs / "runs/sde"], runs / "pairs/val/gt", runs / "pairs/val/lq", tmp_path / "report",
-                      samplers=["mr_sde:2", "mr_ode:2:mean3"], progress=False)
+def test_a_mean_of_k_equal_samples_is_refused_before_any_restoration(runs, tmp_path):
+    """A DenoisingSDE model with its deterministic ode sampler would give K equal samples (it starts from the
+    noisy image itself), so the row is refused before the first row is restored."""
+    from refusion.inference.pipeline import RefusionPipeline
+    from refusion.models.unconditional_nafnet import UnconditionalNAFNet
+    from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+
+    net = UnconditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+    RefusionPipeline(unet=net, scheduler=DenoisingSDEScheduler(noise_level=25)).save_pretrained(tmp_path / "dsde")
+    with pytest.raises(ValueError, match=r"'dsde \[ode, 2, mean of 3\]'.*deterministic"):
+        evaluate_runs([tmp_path / "dsde"], runs / "pairs/val/gt", runs / "pairs/val/lq",
+                      tmp_path / "report", samplers=["sde:2", "ode:2:mean3"], progress=False)
     assert not (tmp_path / "report").exists()
 
 

@@ -13,6 +13,8 @@ from refusion.inference.pipeline import RefusionPipeline
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.latent_unet import LatentUNet
 from refusion.models.nafnet import NAFNet
+from refusion.models.unconditional_nafnet import UnconditionalNAFNet
+from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import GeneratorGroups, IRSDEScheduler, randn_like_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -201,18 +203,38 @@ def test_pipeline_num_samples_gives_image_major_images():
 
 
 @pytest.mark.parametrize("sampler, eta", [("ode", None), ("mr_ode", None), ("posterior", 0.0)])
-def test_deterministic_samplers_are_refused_for_several_samples(sampler, eta):
-    net = tiny_noise_net()
-    with pytest.raises(ValueError, match="std zero") as info:
-        refusion.sample_posterior(lq_batch(), model=net, num_samples=2, sampler=sampler, eta=eta, steps=2,
-                                  progress=False)
-    assert sampler in str(info.value)
-    pipe = RefusionPipeline(unet=net, scheduler=IRSDEScheduler(sampler=sampler, eta=1.0 if eta is None else eta))
-    with pytest.raises(ValueError, match="deterministic"):
+def test_deterministic_ir_sde_samplers_still_sample_through_their_random_start(sampler, eta):
+    """x_T = mu + lambda z is drawn: the ODE-type samplers carry each draw to its own x_0 (the probability-flow
+    ODE has the reverse SDE's marginals), so K samples differ and each is refusion.sample with its generator."""
+    net, lq = tiny_noise_net(), lq_batch()
+    kw = dict(model=net, sampler=sampler, eta=eta, steps=3, progress=False)
+    post = refusion.sample_posterior(lq, num_samples=3, generator=gens(1, 2, 3), **kw)
+    for k, seed in enumerate((1, 2, 3)):
+        torch.testing.assert_close(post.samples[k], refusion.sample(lq, generator=gens(seed)[0], **kw),
+                                   rtol=0, atol=1e-6)
+    assert float((post.samples[0] - post.samples[1]).abs().max()) > 1e-2 and float(post.std.mean()) > 1e-3
+
+
+@pytest.mark.parametrize("sampler, eta", [("ode", 1.0), ("posterior", 0.0)])
+def test_several_samples_that_would_all_be_equal_are_refused(sampler, eta):
+    """The DenoisingSDE starts from the degraded image itself: with a sampler that draws no noise every
+    sample is the same image, so K > 1 is refused rather than a zero std map returned."""
+    torch.manual_seed(0)
+    net = UnconditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]).eval()
+    scheduler = DenoisingSDEScheduler(sampler=sampler, eta=eta, noise_level=25)
+    with pytest.raises(ValueError, match="the same image and the std zero") as info:
+        refusion.sample_posterior(lq_batch(), model=net, scheduler=scheduler, num_samples=2, steps=2, progress=False)
+    assert f"DenoisingSDEScheduler and the deterministic sampler={sampler!r}" in str(info.value)
+    pipe = RefusionPipeline(unet=net, scheduler=scheduler)
+    with pytest.raises(ValueError, match="DenoisingSDEScheduler and the deterministic"):
         pipe(lq_batch(), num_samples=2, num_inference_steps=2, progress=False)
-    one = refusion.sample_posterior(lq_batch(), model=net, num_samples=1, sampler=sampler, eta=eta, steps=2,
+    one = refusion.sample_posterior(lq_batch(), model=net, scheduler=scheduler, num_samples=1, steps=2,
                                     progress=False)
     assert float(one.std.abs().max()) == 0.0
+    stochastic = DenoisingSDEScheduler(sampler="sde", noise_level=25)
+    two = refusion.sample_posterior(lq_batch(), model=net, scheduler=stochastic, num_samples=2, steps=2,
+                                    generator=gens(1, 2), progress=False)
+    assert float(two.std.max()) > 0
 
 
 def test_bad_arguments_are_refused_with_the_counts():

@@ -14,6 +14,9 @@ from refusion.cli import restore as restore_tool
 from refusion.data.image_io import image_bit_depth, read_image, write_image
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.nafnet import NAFNet
+from refusion.inference.pipeline import RefusionPipeline
+from refusion.models.unconditional_nafnet import UnconditionalNAFNet
+from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -40,7 +43,13 @@ def make_run(root: Path, task: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
-    return {"regressor": make_run(base / "nafnet", "regressor"), "sde": make_run(base / "sde", "sde")}
+    torch.manual_seed(0)
+    denoising = RefusionPipeline(unet=UnconditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1],
+                                                          dec_blk_nums=[1]),
+                                 scheduler=DenoisingSDEScheduler(sampler="ode", noise_level=25))
+    denoising.save_pretrained(base / "denoising")
+    return {"regressor": make_run(base / "nafnet", "regressor"), "sde": make_run(base / "sde", "sde"),
+            "denoising": base / "denoising"}
 
 
 @pytest.fixture()
@@ -118,14 +127,27 @@ def test_posterior_flags_on_a_regressor_are_usage_errors(tmp_path, runs, image16
     (["--sampler", "mr_sde", "--save-std"], "--save-std need --samples K"),
     (["--sampler", "mr_sde", "--samples", "0"], "--samples must be >= 1"),
     (["--sampler", "mr_sde", "--samples", "1", "--save-std"], "--save-std needs --samples >= 2"),
-    (["--samples", "2"], "the sampler 'ode' is deterministic"),
-    (["--sampler", "posterior", "--eta", "0", "--samples", "2"], "'posterior' with eta 0 is deterministic"),
     (["--sampler", "mr_sde", "--samples", "2", "--std-max", "0"], "--std-max must be > 0"),
 ])
 def test_bad_posterior_flags_are_usage_errors(tmp_path, runs, image16, capsys, flags, message):
     assert run_restore(image16, tmp_path / "out", runs["sde"], *flags) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("flags, sampler", [([], "'ode'"), (["--sampler", "posterior", "--eta", "0"], "'posterior' with eta=0.0")])
+def test_samples_that_would_all_be_equal_are_usage_errors(tmp_path, runs, image16, capsys, flags, sampler):
+    """A DenoisingSDE model starts from the noisy image itself: a sampler that draws no noise gives K equal samples."""
+    assert run_restore(image16, tmp_path / "out", runs["denoising"], *flags, "--samples", "2") == 2
+    assert f"the deterministic sampler={sampler}: it starts from the degraded image itself" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_ir_sde_ode_samples_through_its_random_start(tmp_path, runs, image16):
+    """x_T = mu + lambda z is drawn, so the IR-SDE's ode sampler gives K different samples: the std is not zero."""
+    out = tmp_path / "out"
+    assert run_restore(image16, out, runs["sde"], "--sampler", "ode", "--samples", "2", "--save-std") == 0
+    assert float(tifffile.imread(out / "photo_std.tiff").max()) > 1e-3
 
 
 def test_an_extra_file_that_is_another_output_is_refused(tmp_path, runs, capsys):

@@ -90,11 +90,12 @@ def check_posterior_flags(args, kind: str, model, outputs: list[Path], usage_err
         scheduler = type(model.scheduler).from_config(model.scheduler.config, **overrides)
     except ValueError as exc:
         raise usage_error(f"--sampler/--eta: {exc}") from None
-    if args.samples > 1 and not scheduler.is_stochastic:
-        raise usage_error(f"--samples {args.samples}: the sampler {scheduler.config.sampler!r}"
-                          f"{' with eta 0' if scheduler.config.sampler == 'posterior' else ''} is deterministic, so "
-                          f"every sample would be the same image and the std zero; pass a stochastic --sampler "
-                          f"(mr_sde, sde, or posterior with --eta > 0)")
+    from refusion.inference.sample_chunks import check_stochastic
+
+    try:
+        check_stochastic(scheduler, args.samples)
+    except ValueError as exc:
+        raise usage_error(f"--samples {args.samples}: {exc} (--sampler, --eta)") from None
     names = {os.path.normcase(p.name): p for p in outputs}
     for target in outputs:
         for extra in extra_paths(target, args):

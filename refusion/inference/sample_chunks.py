@@ -46,13 +46,16 @@ def check_num_samples(num_samples: Any) -> int:
 
 
 def check_stochastic(scheduler, num_samples: int) -> None:
-    """Refuse K > 1 samples from a deterministic sampler: they would all be equal and the std zero."""
-    if num_samples > 1 and not scheduler.is_stochastic:
+    """Refuse K > 1 samples where they would all be equal and the std zero: a sampler that draws no noise
+    from a start that draws none (the DenoisingSDE's ode, or posterior with eta = 0). The IR-SDE's
+    deterministic samplers still vary through their random start x_T (``samples_vary``)."""
+    if num_samples > 1 and not scheduler.samples_vary:
         cfg = scheduler.config
         which = f"sampler={cfg.sampler!r}" + (f" with eta={cfg.eta}" if cfg.sampler == "posterior" else "")
-        raise ValueError(f"num_samples={num_samples} with the deterministic {which}: every sample would be the "
-                         f"same image and the std zero (no noise is drawn after x_T). Use a stochastic sampler "
-                         f"(mr_sde, sde, or posterior with eta > 0) or num_samples=1")
+        raise ValueError(f"num_samples={num_samples} with {type(scheduler).__name__} and the deterministic {which}: "
+                         f"it starts from the degraded image itself and draws no noise, so every sample would be "
+                         f"the same image and the std zero. Use sampler='sde' or 'posterior' with eta > 0, or "
+                         f"num_samples=1")
 
 
 def _seeded(seeds: torch.Tensor, device: torch.device) -> list[torch.Generator]:

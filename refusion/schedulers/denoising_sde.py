@@ -181,6 +181,12 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
         map the degraded image to one result deterministically)."""
         return self.config.sampler == "sde" or (self.config.sampler == "posterior" and self.config.eta > 0)
 
+    @property
+    def samples_vary(self) -> bool:
+        """Whether two runs with different generators give different images: only when ``step`` draws
+        noise, since the start is the degraded image itself (``initial_sample`` draws nothing)."""
+        return self.is_stochastic
+
     def initial_sample(self, mu: Tensor, *, generator: GeneratorLike = None) -> Tensor:
         """The start state: the degraded (noisy) image itself, a copy; unlike the IR-SDE no noise is added,
         since y = x0 + sigma z is the state at ``start_timestep``. ``generator`` is accepted and unused."""

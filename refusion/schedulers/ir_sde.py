@@ -144,6 +144,14 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
         sampler = self.config.sampler
         return sampler in ("sde", "mr_sde") or (sampler == "posterior" and self.config.eta > 0)
 
+    @property
+    def samples_vary(self) -> bool:
+        """Whether two runs with different generators give different images: always, since the start
+        x_T = mu + lambda * z is drawn; the deterministic samplers (ode, mr_ode, posterior with eta = 0)
+        carry each draw of x_T to its own x_0, as the probability-flow ODE carries the start law to the
+        same marginals as the reverse SDE, so their samples are posterior samples too."""
+        return True
+
     # ------------------------------------------------------------------ forward process and score
     def signal_scale(self, t: TimestepLike) -> Tensor:
         """alpha_t = exp(-Theta_t dt): the fraction of x0 - mu left at t (official ``weights``)."""
