@@ -388,3 +388,17 @@ def test_half_sampling_with_conditioning_is_within_35_db_of_float32(monkeypatch)
     tiled_full = run(cond=cond, tile_size=16, tile_overlap=4)
     tiled_half = run(cond=cond, tile_size=16, tile_overlap=4, half=True)
     assert (tiled_half - tiled_full).abs().max() > 0 and psnr(tiled_half, tiled_full) > 35
+
+
+def test_sample_with_another_scheduler_keeps_the_pipelines_sr_upscaling():
+    """refusion.sample(model=pipeline, scheduler=...) drives the same networks with the given scheduler; an SR
+    pipeline still upscales its LQ first (lq_upscale), as the pipeline itself and sample_posterior do."""
+    pipe = RefusionPipeline(unet=tiny_noise_net(), scheduler=IRSDEScheduler(), lq_upscale=2)
+    lq = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    other = IRSDEScheduler(sampler="posterior", max_sigma=20)
+    got = sample(lq, steps=3, model=pipe, scheduler=other, generator=torch.Generator().manual_seed(1), progress=False)
+    assert got.shape == (1, 3, 16, 24)
+    direct = pipe.with_scheduler(other)(lq, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
+                                        output_type="pt", progress=False).images
+    torch.testing.assert_close(got, direct, rtol=0, atol=0)
+    assert pipe.scheduler.config.sampler != "posterior"            # the caller's pipeline is left as it is

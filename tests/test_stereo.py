@@ -119,6 +119,8 @@ def test_train_validate_and_restore_pairs(tmp_path, capsys):
                     generator=torch.Generator().manual_seed(0)).images[0]
     np.testing.assert_allclose(read_image(out / "0000_R.png"), expected[3:].permute(1, 2, 0).numpy(), atol=1e-4)
     check_evaluation_scores_both_views(pipe, tmp_path / "run", data / "val", tmp_path / "report")
+    assert restore_cli.main(args[:2] + [str(tmp_path / "out3")] + args[3:] + ["--self-ensemble"]) == 2
+    assert "epipolar" in capsys.readouterr().err and not (tmp_path / "out3").exists()   # refused before any pair
     (data / "val/lq" / "0001_R.png").unlink()                  # a view without its partner: usage error
     assert restore_cli.main(args[:2] + [str(tmp_path / "out2")] + args[3:]) == 2
     assert "0001_L.png" in capsys.readouterr().err and not (tmp_path / "out2").exists()

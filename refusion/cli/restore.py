@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
                                            prepare_output, report, restore_state, run_share, settings_of,
                                            write_summary)
+    from refusion.inference.ensemble import check_ensemble_network
     from refusion.inference.loading import default_tlc, is_stereo
     from refusion.inference.pipeline import RefusionPipeline
 
@@ -322,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(model, RefusionPipeline):
         model.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
     try:
-        jobs = plan_jobs(inputs, outputs, stereo=isinstance(model, RefusionPipeline) and is_stereo(model.unet))
+        stereo = isinstance(model, RefusionPipeline) and is_stereo(model.unet)
+        if stereo and args.self_ensemble:
+            check_ensemble_network(model.unet)          # the reason, before any pair is restored
+        jobs = plan_jobs(inputs, outputs, stereo=stereo)
         lenses = lens_plan(args, inputs, model)
         check_posterior_flags(args, kind, model, outputs, UsageError)
     except (ValueError, UsageError) as exc:

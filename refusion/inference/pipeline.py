@@ -226,6 +226,11 @@ class RefusionPipeline(DiffusionPipeline):
         # saved in model_index.json: super-resolution models restore the bicubically upsampled LQ image
         self.register_to_config(lq_upscale=lq_upscale)
 
+    def with_scheduler(self, scheduler: IRSDEScheduler | DenoisingSDEScheduler) -> "RefusionPipeline":
+        """The same networks (and SR upscaling) driven by another scheduler; this pipeline is left as it is."""
+        return RefusionPipeline(unet=self.unet, scheduler=scheduler, autoencoder=self.autoencoder,
+                                lq_upscale=self.config.get("lq_upscale", 1))
+
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """diffusers' save_pretrained, then checksums.json (sha256 of every file) for load_pipeline."""
 
@@ -514,7 +519,7 @@ def sample(
     x, kind = to_batch(lq)
     if isinstance(model, RefusionPipeline):
         if scheduler is not None:
-            model = RefusionPipeline(unet=model.unet, scheduler=scheduler, autoencoder=model.autoencoder)
+            model = model.with_scheduler(scheduler)
         if device is not None:
             model = model.to(device)
         out = model(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator,

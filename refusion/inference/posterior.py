@@ -59,8 +59,7 @@ def _pipeline(model: Any, scheduler, device) -> RefusionPipeline | None:
     if not isinstance(model, RefusionPipeline):
         return None
     if scheduler is not None:
-        model = RefusionPipeline(unet=model.unet, scheduler=scheduler, autoencoder=model.autoencoder,
-                                 lq_upscale=model.config.get("lq_upscale", 1))
+        model = model.with_scheduler(scheduler)
     return model.to(device) if device is not None else model
 
 
