@@ -147,7 +147,8 @@ def _print_summary(rows: list[dict]) -> None:
     for r in rows:
         lp = "n/a" if r["lpips"] is None else f"{r['lpips']:.4f}"
         dlp = "n/a" if r["lpips_delta"] is None else f"{r['lpips_delta']:+.4f}"
-        print(f"{r['run']:>15} {r['steps']:>5} {r['psnr']:7.2f} {r['psnr_delta']:+7.2f} {r['ssim']:7.4f} "
+        dps = "n/a" if r["psnr_delta"] is None else f"{r['psnr_delta']:+.2f}"   # no reference setting in the study
+        print(f"{r['run']:>15} {r['steps']:>5} {r['psnr']:7.2f} {dps:>7} {r['ssim']:7.4f} "
               f"{lp:>7} {dlp:>7} {r['seconds_per_image']:6.2f}{'  *' if within_target(r) else ''}")
     print("* within the few-step target of the reference")
 
