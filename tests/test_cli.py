@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from refusion.cli import COMMANDS, common, main
+from refusion.inference import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,7 @@ SHARED_FLAGS = {
     "sampling-study": {"--device", "--threads", "--model", "--steps", "--seed", "--no-progress"},
     "sampling-trajectory": {"--device", "--threads", "--model", "--steps"},
     "gpu-check": {"--device", "--threads"},
+    "posterior-figure": {"--device", "--threads", "--steps", "--seed"},
 }
 # the least each command needs to parse (paths need not exist: parsing stops before any work)
 MINIMAL_ARGS = {
@@ -92,6 +94,7 @@ MINIMAL_ARGS = {
     "sampling-study": ["--model", "run", "--data", "data"],
     "sampling-trajectory": ["--model", "run", "--data", "data"],
     "gpu-check": [],
+    "posterior-figure": ["--sde", "s", "--regressor", "r", "--gt", "gt", "--lq", "lq", "--out", "f.png"],
 }
 
 
@@ -181,17 +184,38 @@ def test_threads_flag_sets_torch_threads_and_is_kept_for_accelerate(monkeypatch)
         torch.set_num_threads(before)
 
 
-def test_default_threads_follow_the_affinity_mask_and_the_launch(monkeypatch):
+def test_default_threads_follow_the_affinity_mask_the_launch_and_the_busy_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    busy = iter([0.0, 2.4, 9.0])
+    monkeypatch.setattr(threads, "busy_cpus", lambda: next(busy))
     assert common.default_threads() == 6
+    assert common.default_threads() == 4    # two CPUs kept busy by other processes
+    assert common.default_threads() == 1    # all of them: one thread, never none
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")   # four processes of one launch on this machine
     assert common.default_threads() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert common.default_threads() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the caller's own count wins, as it does for torch
     assert common.default_threads() == 3
+
+
+def test_busy_cpus_reads_the_runnable_threads():
+    assert 0 <= threads.busy_cpus(samples=3, interval_s=0.001) < 4096
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "GOMP_SPINCOUNT=10000"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "GOMP_SPINCOUNT=None"),      # the caller's choice wins
+    ({"GOMP_SPINCOUNT": "5"}, "GOMP_SPINCOUNT=5"),
+])
+def test_the_command_sets_the_openmp_wait_before_torch_loads(environment, expected):
+    code = ("import os, sys\nimport refusion.cli\nassert 'torch' not in sys.modules\n"
+            "print('GOMP_SPINCOUNT=' + str(os.environ.get('GOMP_SPINCOUNT')))")
+    env = {k: v for k, v in os.environ.items() if k not in threads.OPENMP_WAIT_VARIABLES} | environment
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.stdout.strip() == expected, proc.stderr
 
 
 def test_tile_zero_is_the_whole_image_everywhere(stop_after_parsing):

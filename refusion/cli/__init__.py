@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("refusion.cli.app", "a web page (Gradio) that restores uploaded images with one or more models"),
     "demo": ("refusion.cli.demo", "the quickstart: dataset, tiny SDE and NAFNet, evaluation report"),
     "sampling-study": ("refusion.cli.sampling_study", "every SDE sampler at several step counts on one run"),
+    "posterior-figure": ("refusion.cli.posterior_figure", "input, regressor, SDE sample, mean of K, std and GT side by side"),
     "sampling-trajectory": ("refusion.cli.sampling_trajectory", "PSNR of x0 estimates along the reverse trajectory"),
     "gpu-check": ("refusion.cli.gpu_check", "the CUDA paths on one GPU: cuda tests, DDP, compile, figures (--dry-run)"),
 }

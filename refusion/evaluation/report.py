@@ -242,8 +242,10 @@ def _zoom_box(h: int, w: int) -> tuple[int, int, int, int]:
     return y0, x0, bh, bw
 
 
-def save_image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: Path) -> Path:
-    """Side-by-side grid: one row per image (title, [(column label, HWC float image)]), each with a zoomed crop."""
+def save_image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], path: Path, *,
+                    zoom_boxes: Sequence[tuple[int, int, int, int]] | None = None) -> Path:
+    """Side-by-side grid: one row per image (title, [(column label, HWC float image)]), each with a zoomed crop:
+    ``zoom_boxes[i]`` (top, left, height, width) for row i, by default a centred quarter of each side."""
     ncols = max(len(cols) for _, cols in rows)
     fig, axes = plt.subplots(2 * len(rows), ncols, figsize=(2.6 * ncols, 2 * 2.6 * len(rows)), squeeze=False)
     for i, (title, cols) in enumerate(rows):
@@ -255,7 +257,7 @@ def save_image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]
                 continue
             label, img = cols[j]
             img = np.clip(img, 0, 1)
-            y0, x0, bh, bw = _zoom_box(*img.shape[:2])
+            y0, x0, bh, bw = zoom_boxes[i] if zoom_boxes else _zoom_box(*img.shape[:2])
             top.imshow(img)
             top.add_patch(plt.Rectangle((x0, y0), bw, bh, fill=False, edgecolor="yellow", linewidth=1))
             top.set_title(f"{label}" if j else f"{title}\n{label}", fontsize=8)
