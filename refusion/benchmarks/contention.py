@@ -9,9 +9,10 @@ next to the competitor over the throughput of torch's old default alone (2 threa
 OpenMP) on the same machine in the same run: 50% is a fair share of two equal jobs.
 
 Settings: ``old_default`` (torch's own thread count, OpenMP's default policy), ``new_default``
-(what `refusion` commands do now: refusion.inference.threads), ``passive`` (all allowed CPUs,
-``OMP_WAIT_POLICY=PASSIVE``), ``one_thread``, ``short_spin`` (``GOMP_SPINCOUNT=10000``),
-``load_aware`` (threads from the 1-minute load average at start). The solo and contended runs of all
+(what `refusion` commands do now, refusion.inference.threads: the allowed CPUs less those busy at
+start, ``GOMP_SPINCOUNT=10000``), ``passive`` (all allowed CPUs, ``OMP_WAIT_POLICY=PASSIVE``),
+``one_thread``, ``short_spin`` (all allowed CPUs, ``GOMP_SPINCOUNT=10000``), ``load_aware`` (threads
+from the 1-minute load average at start, OpenMP's default policy). The solo and contended runs of all
 settings alternate (``--repeats`` rounds), so slow drifts of other load hit every setting alike.
 """
 from __future__ import annotations
@@ -126,7 +127,10 @@ def bench_contention(state: dict) -> dict:
     for name in names:
         entry = {"threads_solo": runs[name]["solo"][-1]["threads"],
                  "threads_contended": runs[name]["contended"][-1]["threads"],
-                 "environment": {k: v for k, v in _environment(name).items() if v is not None}, "workloads": {}}
+                 "environment": {k: v for k, v in _environment(name).items() if v is not None}, "workloads": {},
+                 "per_round_per_s": {cond: [r["per_s"] for r in runs[name][cond]] for cond in ("solo", "contended")},
+                 "load_average_at_start": {cond: [round(r["load_average_at_start"], 2) for r in runs[name][cond]]
+                                           for cond in ("solo", "contended")}}
         for work in ("train_step", "restore"):
             solo = _median(r["per_s"][work] for r in runs[name]["solo"])
             contended = _median(r["per_s"][work] for r in runs[name]["contended"])

@@ -65,8 +65,9 @@ SHARED: dict[str, tuple[str, dict[str, Any]]] = {
                                 help=f"where networks run: {DEVICE_FORMS} (default: auto, i.e. CUDA when available, "
                                      "else CPU; under accelerate launch each process takes its own GPU)")),
     "threads": ("--threads", dict(type=positive_int, default=None, metavar="N",
-                                  help="CPU threads of torch (default: the CPUs this process may use, shared between "
-                                       "the processes of a launch; see docs/performance.md)")),
+                                  help="CPU threads of torch (default: the CPUs this process may use, less those "
+                                       "other processes keep busy at the start, shared between the processes of a "
+                                       "launch; docs/performance.md)")),
     "model": ("--model", dict(type=Path, metavar="MODEL",
                               help="a trained model: run directory, saved pipeline/model directory, imported official "
                                    "folder, or official checkpoint file")),
@@ -95,7 +96,7 @@ def add_shared(parser: argparse.ArgumentParser, *names: str, **overrides: dict[s
 
 def set_threads(threads: int | None) -> int:
     """Set torch's thread count once for the command (``None``: refusion.inference.threads.default_threads:
-    the CPUs this process may use, shared among the processes of a launch); returns it.
+    the CPUs this process may use less the busy ones, shared among the processes of a launch); returns it.
 
     An explicit count also goes into OMP_NUM_THREADS, which accelerate reads before it chooses its
     own count for CPU processes, and which child processes inherit.

@@ -3,25 +3,30 @@
 - :func:`allowed_cpus`: the CPUs this process may run on (its affinity mask: taskset, cgroup cpusets,
   Slurm and container limits narrow it; ``os.cpu_count()`` does not see them).
 - :func:`default_threads`: the thread count every `refusion` command sets at its start: OMP_NUM_THREADS
-  when set, else the allowed CPUs divided among the processes of one launch on this machine
-  (LOCAL_WORLD_SIZE).
+  when set; else, in a launch of several processes on this machine (LOCAL_WORLD_SIZE), the allowed CPUs
+  divided among them; else the allowed CPUs less those other processes keep busy right now
+  (:func:`busy_cpus`), at least one.
 - :func:`openmp_environment`: the OpenMP variables the `refusion` command sets before torch loads
-  (OpenMP reads them once, when torch is imported): ``OMP_WAIT_POLICY=PASSIVE`` unless the caller's
-  environment already says something. docs/performance.md has the measurements behind this choice
-  (``refusion benchmark contention``).
-- :func:`load_aware_threads`: the alternative measured against it (fewer threads when the 1-minute
-  load average says other processes keep CPUs busy); not the default.
+  (OpenMP reads them once, when torch is imported): a short spin before a waiting thread sleeps
+  (``GOMP_SPINCOUNT=10000`` instead of libgomp's 300000), unless the caller's environment sets
+  OMP_WAIT_POLICY or GOMP_SPINCOUNT itself.
+- :func:`load_aware_threads`: the 1-minute load average alternative, measured and not used.
 
-Nothing here imports torch: the command calls these before it knows whether torch is needed.
+docs/performance.md ("Threads on a shared machine") has the measurements behind these choices
+(``refusion benchmark contention``). Nothing here imports torch.
 """
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from typing import Mapping
 
-# set before torch loads unless the environment already has them: OpenMP threads sleep at once when they
-# wait, instead of spinning on a core another process needs (the `contention` benchmark)
-OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+# set before torch loads unless the environment already says how OpenMP threads wait: spin briefly, then
+# sleep, instead of spinning on a core another process needs (the `contention` benchmark: PASSIVE, no
+# spin at all, cost 30-50% on an idle machine; this spin count about 5%)
+OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "10000"}
+OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def allowed_cpus() -> int:
@@ -33,14 +38,40 @@ def allowed_cpus() -> int:
 
 
 def default_threads(environ: Mapping[str, str] | None = None) -> int:
-    """OMP_NUM_THREADS when the environment sets it (as torch itself does), else the allowed CPUs divided
-    among the LOCAL_WORLD_SIZE processes that accelerate or torchrun started on this machine (at least 1)."""
+    """OMP_NUM_THREADS when the environment sets it (as torch itself does); in a launch of several
+    processes on this machine (LOCAL_WORLD_SIZE, set by accelerate / torchrun) the allowed CPUs divided
+    among them; else the allowed CPUs less :func:`busy_cpus` (at least 1)."""
     environ = os.environ if environ is None else environ
     given = environ.get("OMP_NUM_THREADS", "").strip()
     if given.isdigit() and int(given) > 0:
         return int(given)
     local = int(environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, allowed_cpus() // max(1, local))
+    if local > 1:   # the other processes of the launch are busy starting up: share the CPUs evenly instead
+        return max(1, allowed_cpus() // local)
+    cpus = allowed_cpus()
+    return max(1, cpus - min(cpus, round(busy_cpus())))
+
+
+def busy_cpus(samples: int = 10, interval_s: float = 0.005) -> float:
+    """CPUs other processes keep busy now: the runnable threads of the machine (procs_running in
+    /proc/stat, this one excluded), median of ``samples`` reads ``interval_s`` apart; 0 where unknown.
+
+    Unlike the load average it has no minute of lag and does not count this command's predecessors
+    (a script running commands one after the other would otherwise slow itself down). It counts the
+    whole machine: inside a container without its own /proc it sees the host's runnable threads.
+    """
+    counts = []
+    for index in range(samples):
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                counts += [int(line.split()[1]) for line in stat if line.startswith("procs_running")]
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        if index + 1 < samples:
+            time.sleep(interval_s)
+    if not counts:
+        return 0.0
+    return max(0.0, statistics.median(counts) - 1)
 
 
 def load_aware_threads(cpus: int | None = None, load: float | None = None) -> int:
@@ -55,6 +86,9 @@ def load_aware_threads(cpus: int | None = None, load: float | None = None) -> in
 
 
 def openmp_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The OpenMP variables to set before torch loads: OPENMP_DEFAULTS less those already set."""
+    """The OpenMP variables to set before torch loads: OPENMP_DEFAULTS, unless the environment already
+    says how OpenMP threads wait (OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
     environ = os.environ if environ is None else environ
-    return {name: value for name, value in OPENMP_DEFAULTS.items() if name not in environ}
+    if any(name in environ for name in OPENMP_WAIT_VARIABLES):
+        return {}
+    return dict(OPENMP_DEFAULTS)
