@@ -201,6 +201,16 @@ def test_default_threads_follow_the_affinity_mask_the_launch_and_the_busy_cpus(m
     assert common.default_threads() == 3
 
 
+@pytest.mark.parametrize("args, message", [("{bad", "not valid JSON"), ("[32]", "expected a JSON object"),
+                                           ('{"colour": 3}', "unexpected keyword argument 'colour'")])
+def test_convert_bad_constructor_arguments_are_usage_errors(tmp_path, capsys, args, message):
+    status = main(["convert", str(tmp_path / "w.pth"), str(tmp_path / "out"), "--arch", "NAFNet", "--args", args])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "--args" in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_busy_cpus_reads_the_runnable_threads():
     assert 0 <= threads.busy_cpus(samples=3, interval_s=0.001) < 4096
 

@@ -33,21 +33,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def constructor_arguments(text: str) -> dict:
+    """--args as a dict; ValueError saying what is wrong with it."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("expected a JSON object of constructor arguments, e.g. '{\"width\": 32}'")
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     from refusion.models import MODELS
     from refusion.official.checkpoints import CheckpointError, load_official
 
     try:
-        kwargs = json.loads(opts.args)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--args is not valid JSON ({err}): {opts.args!r}")
-    if not isinstance(kwargs, dict):
-        raise SystemExit(f"--args must be a JSON object of constructor arguments, got {opts.args!r}")
-    try:
-        model = MODELS[opts.arch](**kwargs)
-    except TypeError as err:
-        raise SystemExit(f"--args {kwargs} do not fit {opts.arch}: {err}")
+        model = MODELS[opts.arch](**constructor_arguments(opts.args))
+    except (ValueError, TypeError) as err:   # a usage error (exit status 2), like argparse's own
+        print(f"convert: error: --args {opts.args!r}: {err}", file=sys.stderr)
+        return 2
     try:
         load_official(model, opts.checkpoint, param_key=opts.param_key)
     except CheckpointError as err:
