@@ -68,9 +68,10 @@ def run_check(out_dir: Path, steps: list[str] | None = None) -> dict:
 
 
 def _machine(torch) -> dict:
-    props = torch.cuda.get_device_properties(0)
-    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
-            "capability": list(torch.cuda.get_device_capability(0)), "torch": torch.__version__,
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {"gpu": props.name, "gpu_index": index, "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
+            "capability": list(torch.cuda.get_device_capability(index)), "torch": torch.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16": torch.cuda.is_bf16_supported()}
 
