@@ -15,4 +15,6 @@ fresh processes for peak-RSS measurements are module-level and addressed as
 - layers: each convolution and LayerNorm alone, summed by kind, against the whole forward.
 - ensemble: the x8 self-ensemble's network calls and time against plain restore/sample; colour fix time.
 - posterior: sample_posterior's K samples as network batches against K separate sample calls.
+- contention: a training step and a restore alone and next to a 2-thread CPU process, per thread setting.
+- gpu_check: the CUDA check of `refusion gpu-check` (cuda tests, DDP on one GPU, compile, figures).
 """

@@ -12,6 +12,7 @@
 - allocator    glibc malloc tuning for CPU inference and training
 - export       ONNX export with dynamic batch/height/width, checked by ONNX Runtime
 - processes    under accelerate launch: this process's share of a list, the results gathered in order
+- threads      torch's default thread count and the OpenMP wait the `refusion` command sets (no torch import)
 
 Never imports training.
 """
