@@ -15,8 +15,8 @@ averaged and the mean is written under the output's usual name. Next to it:
 
 The extra files are written before the mean, each atomically, so with --skip-existing an image whose
 mean exists has all of them. Only SDE models have a posterior: for a regressor these flags are usage
-errors, as is K > 1 with a deterministic sampler (ode, mr_ode, posterior with --eta 0: every sample
-would be the same image).
+errors, as is K > 1 where every sample would be the same image (a DenoisingSDE model with its ode, or
+posterior with --eta 0; the IR-SDE's ode and mr_ode sample through their random start x_T).
 """
 from __future__ import annotations
 

@@ -105,8 +105,10 @@ def sample_posterior(
     chunks need less memory; the samples do not depend on it. A chunk that runs out of memory
     raises with that advice.
 
-    Errors: num_samples < 1; num_samples > 1 with a deterministic sampler (ode, mr_ode, posterior
-    with eta = 0), whose samples would all be equal (std zero); a regressor as ``model``.
+    Errors: num_samples < 1; num_samples > 1 where every sample would be equal (std zero): a
+    DenoisingSDE, which starts from the degraded image itself, with a sampler that draws no noise (its
+    ode, posterior with eta = 0); a regressor as ``model``. The IR-SDE's ode, mr_ode and eta-0 posterior
+    samplers do sample: their start x_T = mu + lambda z is drawn.
     """
     check_num_samples(num_samples)
     check_color_fix(color_fix)
