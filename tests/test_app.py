@@ -542,3 +542,21 @@ def test_app_wrote_nothing_outside_its_temporary_folder_and_removes_it_on_exit(s
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, server.log.read_text()
     assert {p.name for p in server.tmp.iterdir()} <= IMPORT_SIDE_FILES
+
+
+def test_app_start_benchmark_smoke_mode_starts_a_saved_sde_pipeline_alone(tmp_path):
+    """`refusion benchmark app_start --smoke`: one start of the app on a saved SDE pipeline (loaded in a
+    fresh process with no other model) up to its first page, and the --help times. No timing is asserted."""
+    pytest.importorskip("gradio", reason="the web app needs Gradio (pip install -e '.[app]')")
+    import json
+
+    from refusion.cli import benchmark
+
+    out = tmp_path / "app_start.json"
+    assert benchmark.main(["app_start", "--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())["benchmarks"]["app_start"]
+    assert "error" not in result, result.get("error")
+    assert result["repeats"] == 1 and len(result["first_page_s"]["runs"]) == 1
+    assert result["first_page_s"]["median"] > 0
+    assert set(result["help_s"]) == {"refusion --help", "refusion app --help"}
+    assert json.loads(out.read_text())["machine"]["cpu_capability"]

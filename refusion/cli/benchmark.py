@@ -35,7 +35,7 @@ BENCHMARKS = {
     "large_image": "large_image:bench_large_image", "allocator": "allocator:bench_allocator",
     "block_ops": "block_ops:bench_block_ops", "layers": "layers:bench_layers", "official": "official:bench_official",
     "ensemble": "ensemble:bench_ensemble", "posterior": "posterior:bench_posterior",
-    "contention": "contention:bench_contention",
+    "contention": "contention:bench_contention", "app_start": "app_start:bench_app_start",
 }
 
 

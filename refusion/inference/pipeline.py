@@ -434,6 +434,23 @@ def _is_pipeline_dir(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
+def _import_component_modules(path: Path) -> None:
+    """Import this package's modules that a saved pipeline's model_index.json names (diffusers loads a
+    component only from a module already imported); names outside refusion are left to diffusers."""
+    import importlib
+
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return                      # from_pretrained reports the broken file with the directory's name
+    for entry in index.values() if isinstance(index, dict) else ():
+        if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].split(".")[0] == "refusion":
+            try:
+                importlib.import_module(entry[0])
+            except ImportError:
+                pass                # from_pretrained names the module it cannot load
+
+
 def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
                   weights: str = "model") -> RefusionPipeline:
     """A RefusionPipeline from a training run directory (task: sde) or a saved pipeline directory.
@@ -447,6 +464,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
 
     if _is_pipeline_dir(path):
         verify_weights_dir(path)      # checksums.json of RefusionPipeline.save_pretrained, when present
+        _import_component_modules(path)
         try:
             pipe = RefusionPipeline.from_pretrained(str(path), use_safetensors=True)
         except Exception as exc:  # name the directory whatever part of it is broken
