@@ -463,12 +463,15 @@ def _choose(driver, block: str, option: str) -> None:
           == option, what=f"{option} chosen")
 
 
-def _screenshot(driver, name: str, tmp_path: Path) -> None:
+def _screenshot(driver, name: str, tmp_path: Path, width: int = 1000, colours: int = 128) -> None:
     driver.save_screenshot(str(tmp_path / name))
-    if os.environ.get("REFUSION_APP_SCREENSHOTS"):    # a folder to keep them in (docs)
+    if os.environ.get("REFUSION_APP_SCREENSHOTS"):    # a folder to keep them in (docs): smaller, 128-colour PNGs
         folder = Path(os.environ["REFUSION_APP_SCREENSHOTS"])
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp_path / name, folder / name)
+        shot = Image.open(tmp_path / name).convert("RGB")
+        shot = shot.resize((width, round(shot.height * width / shot.width)), Image.Resampling.LANCZOS)
+        shot.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            folder / name, optimize=True)
 
 
 @pytest.mark.browser
@@ -476,6 +479,7 @@ def test_page_in_chromium_restores_refuses_bad_uploads_and_keeps_serving(server,
     import json
 
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     start = time.perf_counter()
     browser.get(server.url)
@@ -519,6 +523,21 @@ def test_page_in_chromium_restores_refuses_bad_uploads_and_keeps_serving(server,
           or "PSNR" in _text(d, "#metrics"), what="the metrics table")
     assert "PSNR" in _text(browser, "#metrics")
     _screenshot(browser, "app_restored.png", tmp_path)
+
+    # K = 3 posterior samples with the wavelet colour fix and the x8 self-ensemble: the mean and its uncertainty map
+    samples = browser.find_element(By.CSS_SELECTOR, "#samples input[type=number]")
+    samples.clear()
+    samples.send_keys("3", Keys.TAB)
+    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#samples input[type=range]").get_attribute("value") == "3",
+          what="K = 3 on the slider")
+    browser.find_element(By.CSS_SELECTOR, "#color-fix input[value=wavelet]").click()
+    browser.find_element(By.CSS_SELECTOR, "#self-ensemble input[type=checkbox]").click()
+    status = _restore(browser, "posterior samples")
+    assert "the mean of 3 posterior samples" in status and "colour fix wavelet" in status
+    assert "x8 self-ensemble" in status
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#std-map img"), what="the uncertainty map")
+    browser.execute_script("document.querySelector('#std-map').scrollIntoView({block: 'center'})")
+    _screenshot(browser, "app_posterior.png", tmp_path)
 
     # the page asked nothing of any host but the app's
     urls = [json.loads(entry["message"])["message"]["params"]["request"]["url"]
