@@ -163,7 +163,7 @@ def test_unknown_nested_key():
     d = minimal(data={"train": {"gt": "a", "lq": "b", "use_flips": True}})
     assert error(schema_only, d) == (
         "r.yml: unknown key 'use_flips' in section 'data.train' (did you mean 'use_flip'?); "
-        "allowed keys: cond, gt, gt_size, lens, lq, max_images, stereo, use_flip, use_rot")
+        "allowed keys: cond, gt, gt_size, lens, lens_swap, lq, max_images, stereo, use_flip, use_rot")
 
 
 def test_wrong_types():
