@@ -26,6 +26,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from refusion.benchmarks.app_start import stop_server
 from refusion.cli import app as app_cli
 from refusion.cli.app_service import AppInputError, AppService, Limits, Settings, metrics_markdown
 from refusion.data.image_io import image_bit_depth, read_image, write_image
@@ -361,12 +362,7 @@ def server(model_dirs, tmp_path_factory):
         time.sleep(0.3)
     info = type("Server", (), dict(url=url, port=port, proc=proc, cwd=cwd, tmp=tmp, log=base / "server.log"))
     yield info
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_server(proc)
     log.close()
 
 

@@ -75,13 +75,18 @@ def time_first_page(command: list[str], model: Path, workdir: Path) -> float:
                     raise RuntimeError(f"no page within {PAGE_TIMEOUT_S:.0f} s:\n{log_path.read_text()[-2000:]}")
                 time.sleep(POLL_S)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the app's clean shutdown: its temporary folder removed), SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def time_command(argv: list[str]) -> float:
