@@ -236,6 +236,9 @@ def test_tile_zero_is_the_whole_image_everywhere(stop_after_parsing):
         with pytest.raises(_Parsed) as parsed:
             main([name, *MINIMAL_ARGS[name], "--tile", "256"])
         assert parsed.value.namespace.tile == 256
+        with pytest.raises(SystemExit) as exited:              # a negative tile: a usage error naming the flag
+            main([name, *MINIMAL_ARGS[name], "--tile", "-8"])
+        assert exited.value.code == 2
 
 
 def test_auto_device_is_the_cpu_without_cuda_and_names_are_checked():

@@ -128,8 +128,6 @@ def check_args(args) -> Limits:
             raise UsageError(f"{flag} must be positive, got {value}")
     if args.steps is not None and not 1 <= args.steps <= args.max_steps:
         raise UsageError(f"--steps {args.steps} is outside 1..--max-steps ({args.max_steps})")
-    if args.tile is not None and args.tile < 0:
-        raise UsageError(f"--tile must be a positive number of pixels (0: whole image), got {args.tile}")
     return Limits(max_pixels=int(args.max_megapixels * 1e6), max_steps=args.max_steps, max_samples=args.max_samples)
 
 

@@ -304,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         inputs = list_inputs(args.input)
         outputs = plan_outputs(inputs, args.output, args.input)
         check_summary_path(args.summary, inputs, outputs)
-        if args.tile is not None and args.tile < 1:
-            raise UsageError(f"--tile must be a positive number of pixels, got {args.tile}")
         with state.main_process_first():   # an official checkpoint is imported into the shared cache once
             folder = model_folder(args)
         kind, model = load_model(folder, device, args.weights)
