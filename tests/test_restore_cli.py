@@ -19,20 +19,26 @@ from refusion.cli import restore as restore_tool
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def make_run(root: Path, task: str) -> Path:
-    torch.manual_seed(0)
+def write_run(root: Path, task: str, net, scheduler=None) -> Path:
+    """A run folder as the engine leaves it, as far as restore reads it: recipe task, model/, scheduler/."""
     root.mkdir(parents=True)
     (root / "recipe.yml").write_text(yaml.safe_dump({"task": task}))
+    net.save_pretrained(root / "model")
+    if scheduler is not None:
+        scheduler.save_pretrained(root / "scheduler")
+    return root
+
+
+def make_run(root: Path, task: str) -> Path:
+    torch.manual_seed(0)
     if task == "regressor":
         net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
         with torch.no_grad():   # a visible, deterministic change of the image
             net.ending.weight.mul_(0).add_(0.01)
             net.ending.bias.fill_(0.003)
-    else:
-        net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
-        IRSDEScheduler(sampler="ode").save_pretrained(root / "scheduler")
-    net.save_pretrained(root / "model")
-    return root
+        return write_run(root, task, net)
+    net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+    return write_run(root, task, net, IRSDEScheduler(sampler="ode"))
 
 
 @pytest.fixture(scope="module")

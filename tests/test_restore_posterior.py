@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import yaml
 from matplotlib import colormaps
 from PIL import Image
 
 import refusion
 from refusion.cli import restore as restore_tool
+from test_restore_cli import write_run
 from refusion.data.image_io import image_bit_depth, read_image, write_image
 from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.nafnet import NAFNet
@@ -24,20 +24,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def make_run(root: Path, task: str) -> Path:
     torch.manual_seed(0)
-    root.mkdir(parents=True)
-    (root / "recipe.yml").write_text(yaml.safe_dump({"task": task}))
     if task == "regressor":
-        net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
-    else:
-        net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
-        with torch.no_grad():   # a small noise prediction
-            net.ending.weight.mul_(0.02)
-            net.ending.bias.zero_()
-        # a mild SDE (lambda = 10/255, half the signal left at T): the untrained network's samples stay
-        # inside [0, 1] with a std of a few hundredths, across the --std-max colour scale
-        IRSDEScheduler(sampler="ode", max_sigma=10, eps=0.5).save_pretrained(root / "scheduler")
-    net.save_pretrained(root / "model")
-    return root
+        return write_run(root, task, NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1]))
+    net = ConditionalNAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+    with torch.no_grad():   # a small noise prediction
+        net.ending.weight.mul_(0.02)
+        net.ending.bias.zero_()
+    # a mild SDE (lambda = 10/255, half the signal left at T): the untrained network's samples stay
+    # inside [0, 1] with a std of a few hundredths, across the --std-max colour scale
+    return write_run(root, task, net, IRSDEScheduler(sampler="ode", max_sigma=10, eps=0.5))
 
 
 @pytest.fixture(scope="module")
