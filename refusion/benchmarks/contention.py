@@ -1,8 +1,11 @@
 """Sharing a busy machine: throughput alone and next to a competing CPU process, for each thread setting.
 
-Two workloads of a small network, each timed for a fixed window in a fresh process (OpenMP reads its
+Three workloads of a small network, each timed for a fixed window in a fresh process (OpenMP reads its
 environment once, when torch loads): a training step of the quickstart noise network (batch 4x3x64x64,
-Lion) and ``refusion.restore`` of a 256x256 image with a width-16 NAFNet. Each thread setting runs
+Lion), ``refusion.restore`` of a 256x256 image with a width-16 NAFNet, and the same restore of a
+folder of such images the way `refusion restore` runs one (``restore_folder``: its job runner
+`run_share` and its worker choice `worker_models`, images in memory; only ``new_default`` restores
+several images at once, the other settings restore one after the other). Each thread setting runs
 them alone, then again while another Python process runs a 2-thread float32 matrix-multiply loop
 (torch's default OpenMP policy, as an unrelated job would). The figure of merit is the throughput
 next to the competitor over the throughput of torch's old default alone (2 threads, spinning
@@ -28,6 +31,7 @@ from refusion.inference import threads as thread_policy
 
 COMPETITOR = ("import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nb = torch.randn(1024, 1024)\n"
               "while True:\n    torch.mm(a, b)\n")
+WORKLOADS = ("train_step", "restore", "restore_folder")
 # setting -> (torch threads: an int, "torch" for torch's own default, "load" for load_aware_threads; env)
 SETTINGS = {
     "old_default": ("torch", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}),
@@ -40,13 +44,14 @@ SETTINGS = {
 
 
 def throughput_probe(threads, seconds: float) -> dict:
-    """Subprocess body: calls per second of a training step and of a restore, over ``seconds`` each."""
+    """Subprocess body: training steps, and images restored, per second over ``seconds`` each."""
     import torch
 
     import refusion
     from refusion.benchmarks.common import build_network, make_train_step
     from refusion.models import NAFNet
 
+    automatic = threads == "default"   # restore_folder: the command's own worker choice
     if threads == "load":
         torch.set_num_threads(thread_policy.load_aware_threads())
     elif threads == "default":
@@ -63,18 +68,42 @@ def throughput_probe(threads, seconds: float) -> dict:
     regressor = perf.activate_skip_gains(NAFNet(width=16, enc_blk_nums=[1, 1, 1], middle_blk_num=1,
                                                 dec_blk_nums=[1, 1, 1]), 0.1).eval()
     image = torch.rand(1, 3, 256, 256, generator=g)
-    work = {"train_step": lambda: step(batch),
-            "restore": lambda: refusion.restore(image, model=regressor, progress=False)}
-    rates = {}
-    for name, fn in work.items():
+
+    def rate(fn, images: int = 1) -> float:
         fn()   # warm-up: allocations, oneDNN kernels
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             fn()
             calls += 1
-        rates[name] = calls / (time.perf_counter() - start)
-    return {"threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0], "per_s": rates,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
+        return calls * images / (time.perf_counter() - start)
+
+    threads = torch.get_num_threads()
+    rates = {"train_step": rate(lambda: step(batch)),
+             "restore": rate(lambda: refusion.restore(image, model=regressor, progress=False))}
+    # last: with several workers, worker_models sets torch's threads to each worker's share
+    folder, images, workers = folder_restore(regressor, image, automatic=automatic)
+    rates["restore_folder"] = rate(folder, images)
+    return {"threads": threads, "folder_workers": workers, "load_average_at_start": os.getloadavg()[0],
+            "per_s": rates, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
+
+
+def folder_restore(regressor, image, *, automatic: bool):
+    """(restore a batch of images, their number, workers): `refusion restore`'s job runner over
+    in-memory images, with its automatic worker choice (``automatic``) or one worker."""
+    from pathlib import Path
+
+    import refusion
+    from refusion.cli.restore_jobs import run_share, worker_models
+    from refusion.inference.processes import process_state
+
+    pixels = image.shape[-2] * image.shape[-1]
+    models = worker_models(regressor, jobs=8, largest_pixels=pixels, workers=None if automatic else 1, cpu=True)
+    jobs = [((Path(f"image{i}.png"),), (Path(f"restored{i}.png"),)) for i in range(2 * len(models))]
+    workers = [lambda sources, targets, model=model: refusion.restore(image, model=model, progress=False)
+               for model in models]
+    state = process_state("cpu")
+    return lambda: run_share(jobs, workers, state=state, progress=False), len(jobs), len(models)
 
 
 def _environment(name: str) -> dict:
@@ -122,16 +151,17 @@ def bench_contention(state: dict) -> dict:
     result = {"seconds_per_window": seconds, "rounds": rounds, "allowed_cpus": thread_policy.allowed_cpus(),
               "competitor": "python, torch 2 threads, 1024^3 float32 matmul loop, default OpenMP policy",
               "load_average_1min_between_rounds": loads, "settings": {}}
-    old_solo = {w: _median(r["per_s"][w] for r in runs["old_default"]["solo"]) for w in ("train_step", "restore")}
+    old_solo = {w: _median(r["per_s"][w] for r in runs["old_default"]["solo"]) for w in WORKLOADS}
     rows = []
     for name in names:
         entry = {"threads_solo": runs[name]["solo"][-1]["threads"],
                  "threads_contended": runs[name]["contended"][-1]["threads"],
+                 "folder_workers": runs[name]["solo"][-1]["folder_workers"],
                  "environment": {k: v for k, v in _environment(name).items() if v is not None}, "workloads": {},
                  "per_round_per_s": {cond: [r["per_s"] for r in runs[name][cond]] for cond in ("solo", "contended")},
                  "load_average_at_start": {cond: [round(r["load_average_at_start"], 2) for r in runs[name][cond]]
                                            for cond in ("solo", "contended")}}
-        for work in ("train_step", "restore"):
+        for work in WORKLOADS:
             solo = _median(r["per_s"][work] for r in runs[name]["solo"])
             contended = _median(r["per_s"][work] for r in runs[name]["contended"])
             entry["workloads"][work] = {

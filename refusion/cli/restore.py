@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-existing", action="store_true",
                    help="resume an interrupted batch: skip the images whose outputs (both views of a stereo pair) "
                         "are already in the output folder")
+    p.add_argument("--workers", type=common.positive_int, default=None, metavar="N",
+                   help="images restored at once, each on its share of the threads and with its own copy of the "
+                        "model (default: on the CPU one per thread, at most 4, for folders of images up to "
+                        "2048x2048; else 1). More workers keep a shared machine's CPUs busier, at the memory of "
+                        "one image per worker")
     p.add_argument("--summary", type=Path, default=None, metavar="FILE",
                    help="write a JSON manifest of the run: settings, totals, and per image its input, output, "
                         "process, seconds and status (restored, failed with the reason, skipped-existing)")
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
                                            prepare_output, report, restore_state, run_share, settings_of,
-                                           write_summary)
+                                           worker_models, write_summary)
     from refusion.inference.ensemble import check_ensemble_network
     from refusion.inference.loading import default_tlc, is_stereo
     from refusion.inference.pipeline import RefusionPipeline
@@ -336,15 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"restore: error: cannot prepare the output folder {str(args.output)!r}: {exc}", file=sys.stderr)
         return 2
-    work = partial(restore_job, kind, model, args=args, device=device, lenses=lenses)
-    records = gather_records(run_share(todo, work, state=state, progress=not args.no_progress), skipped, jobs)
+    from refusion.data.image_io import image_pixels
+
+    largest = max((image_pixels(src) or 0 for sources, _ in todo for src in sources), default=0)
+    models = worker_models(model, jobs=len(todo), largest_pixels=largest, workers=args.workers,
+                           cpu=device.type == "cpu")
+    workers = [partial(restore_job, kind, copy, args=args, device=device, lenses=lenses) for copy in models]
+    records = gather_records(run_share(todo, workers, state=state, progress=not args.no_progress), skipped, jobs)
     devices = gather_object([str(device)])
     seconds = time.perf_counter() - start
     status = exit_status(records)
     if state.is_main_process:
         report(records, args.output, seconds)
         if args.summary is not None:
-            settings = settings_of(args, model_kind=kind, devices=devices)
+            settings = settings_of(args, model_kind=kind, devices=devices, workers=len(models))
             try:
                 write_summary(args.summary, manifest(records, settings, processes=state.num_processes,
                                                      seconds=seconds))

@@ -115,6 +115,24 @@ def image_bit_depth(path: str | os.PathLike) -> int:
         raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
+def image_pixels(path: str | os.PathLike) -> int | None:
+    """Width x height the file declares, from its header (nothing is decoded); None when the header
+    cannot be read (reading the image says why)."""
+    path = Path(path)
+    try:
+        with _open_pil(path, None) as im:
+            return im.size[0] * im.size[1]
+    except Exception:
+        pass
+    try:   # TIFFs Pillow does not open (32-bit float, deep colour)
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.pages[0].imagewidth) * int(tif.pages[0].imagelength)
+    except Exception:
+        return None
+
+
 def _check_file(path: Path) -> bytes:
     if not path.exists():
         raise ImageReadError(path, "no such file")
