@@ -37,6 +37,30 @@ def test_flags_decide_where_cpuinfo_lists_them(monkeypatch):
     capability._cpu_native_bf16.cache_clear()
 
 
+@pytest.mark.parametrize("cap, native", [(None, True), ("AVX2", False), ("avx512_core", False),
+                                        ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)])
+def test_a_onednn_isa_cap_below_bf16_makes_a_bf16_cpu_emulate_it(monkeypatch, cap, native):
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: ["avx512_bf16", "amx_bf16"])
+    capability._cpu_native_bf16.cache_clear()
+    try:
+        assert capability.native_bf16("cpu") is native
+        if not native:
+            assert f"ONEDNN_MAX_CPU_ISA={cap.upper()}" in capability.bf16_reason("cpu")
+    finally:
+        capability._cpu_native_bf16.cache_clear()
+
+
+def test_the_older_dnnl_name_of_the_cap_counts_too(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert capability.onednn_isa_cap() == "AVX2"
+
+
 def test_half_on_a_cpu_without_native_bf16_runs_float32_with_one_warning(cpu_bf16):
     cpu_bf16(False)
     net = small_net()

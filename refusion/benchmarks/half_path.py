@@ -5,13 +5,17 @@ Timing (the two target networks, random weights, one 256x256 image): ``refusion.
 NAFNet w32 and ``refusion.sample`` with the Refusion noise network w64, each as fp32, as
 ``bf16_autocast`` (the network passed as a plain callable, which the pipeline runs under
 autocast: the half path before the bf16 weights) and as ``half`` (bf16 channels_last weights cast
-once per call), interleaved in the same run.
+once per call) and as ``bf16_unchecked`` (bf16 channels_last weights and inputs whatever the CPU
+computes: what ``half`` ran before it asked whether bf16 is native; on a CPU that emulates bf16 --
+or under ``ONEDNN_MAX_CPU_ISA=AVX2`` -- ``half`` falls back to float32 and this is the cost the check
+saves), interleaved in the same run.
 
 Accuracy (``--run`` an sde run, ``--regressor-run`` a regressor run, ``--images`` a folder of LQ
 images): PSNR of the half output against the fp32 output, data range 1, per image.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -19,15 +23,32 @@ import torch
 from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, print_table, psnr_db, smooth_image
 from refusion.benchmarks.sampling import VARIANT_DOC, autocast_only
+from refusion.inference.capability import native_bf16, onednn_isa_cap
 
 ACCURACY_SAMPLER, ACCURACY_STEPS = "mr_sde", 10
 
 
-def _variants(call) -> dict:
-    """fp32 / bf16_autocast / half callables of ``call(model_wrapper, half)``."""
+def _variants(call, net) -> dict:
+    """fp32 / bf16_autocast / half / bf16_unchecked callables of ``call(model_wrapper, half)``."""
+    unchecked = bf16_unchecked(net)
     return {"fp32": lambda: call(lambda net: net, False),
             "bf16_autocast": lambda: call(autocast_only, True),
-            "half": lambda: call(lambda net: net, True)}
+            "half": lambda: call(lambda net: net, True),
+            "bf16_unchecked": lambda: call(lambda net: unchecked, False)}
+
+
+def bf16_unchecked(net):
+    """A bf16 channels_last copy of ``net`` as a plain callable that casts its floating inputs to
+    bf16 channels_last, whatever the CPU computes (the pipeline converts the output to float32)."""
+    half = perf.prepare_for_inference(copy.deepcopy(net), channels_last=True, dtype=torch.bfloat16)
+
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = value.to(torch.bfloat16)
+            return value.contiguous(memory_format=torch.channels_last) if value.dim() == 4 else value
+        return value
+
+    return lambda *args, **kwargs: half(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 
 
 def _timed(fns: dict, repeats: int) -> dict:
@@ -51,7 +72,8 @@ def _time_targets(state: dict) -> dict:
     nafnet, _ = build_network("NAFNet-w32-GoPro", True)
     nafnet.eval()
     out["restore NAFNet-w32-GoPro"] = _timed(_variants(
-        lambda wrap, half: refusion.restore(lq, model=wrap(nafnet), progress=False, half=half)), state["repeats"])
+        lambda wrap, half: refusion.restore(lq, model=wrap(nafnet), progress=False, half=half), nafnet),
+        state["repeats"])
     del nafnet
     name = "ConditionalNAFNet-w16-quickstart" if smoke else "ConditionalNAFNet-w64-Refusion"
     noise_net, _ = build_network(name, True)
@@ -60,13 +82,16 @@ def _time_targets(state: dict) -> dict:
     out[f"sample {name}, {steps} mr_sde steps"] = _timed(_variants(
         lambda wrap, half: refusion.sample(lq, steps=steps, model=wrap(noise_net), sampler="mr_sde",
                                            scheduler=IRSDEScheduler(), progress=False, half=half,
-                                           generator=torch.Generator().manual_seed(0))),
+                                           generator=torch.Generator().manual_seed(0)), noise_net),
         max(2, state["repeats"] - 1))
     rows = [{"case": case, **{f"{v} s": t[v]["median_s"] for v in t},
              **{f"{v} x": t[v]["speedup_vs_fp32"] for v in t if v != "fp32"},
              **{f"{v} PSNR": t[v]["psnr_vs_fp32_db"] for v in t if v != "fp32"}} for case, t in out.items()]
-    print_table(f"half path against fp32 and autocast, 1x3x{size}x{size}", rows, list(rows[0]))
-    return {"image_size": size, "cases": out}
+    print_table(f"half path against fp32, autocast and unchecked bf16, 1x3x{size}x{size} (native bf16: "
+                f"{native_bf16('cpu')}, torch {torch.backends.cpu.get_cpu_capability()}, ONEDNN_MAX_CPU_ISA "
+                f"{onednn_isa_cap()})", rows, list(rows[0]))
+    return {"image_size": size, "native_bf16": native_bf16("cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": onednn_isa_cap(), "cases": out}
 
 
 def _load_images(folder: str | None, smoke: bool) -> dict[str, torch.Tensor]:
@@ -117,4 +142,6 @@ def _accuracy(state: dict) -> dict:
 
 
 def bench_half_path(state: dict) -> dict:
-    return {"variants": VARIANT_DOC, "timing": _time_targets(state), "trained_accuracy": _accuracy(state)}
+    variants = {**VARIANT_DOC, "bf16_unchecked": "bf16 channels_last weights and inputs whatever the CPU computes "
+                                                 "(half=True before it asked whether bf16 is native)"}
+    return {"variants": variants, "timing": _time_targets(state), "trained_accuracy": _accuracy(state)}
