@@ -111,3 +111,20 @@ def test_bf16_mixed_precision_on_a_cpu_without_native_bf16_is_refused_before_ste
     err = capsys.readouterr().err
     assert "train.mixed_precision is 'bf16'" in err and "no native bfloat16" in err and str(path) in err
     assert not (tmp_path / "run").exists()           # nothing written
+
+
+def test_every_benchmark_table_names_the_capability_it_was_measured_with(monkeypatch, capsys):
+    from refusion.benchmarks.common import print_table
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    capability._cpu_native_bf16.cache_clear()
+    try:
+        print_table("a figure", [{"case": "x", "s": 1.0}], ["case", "s"])
+    finally:
+        capability._cpu_native_bf16.cache_clear()
+    title = capsys.readouterr().out.strip().splitlines()[0]
+    assert title.startswith("== a figure  [")
+    assert f"CPU {torch.backends.cpu.get_cpu_capability()}" in title
+    assert "native bf16 no" in title and "ONEDNN_MAX_CPU_ISA=AVX2" in title
+    assert f"{torch.get_num_threads()} threads" in title

@@ -73,12 +73,27 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor, data_range: float | None = None) -
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    print(f"\n== {title}")
+    """A benchmark's table, its title followed by what it was measured on (:func:`hardware_tag`)."""
+    print(f"\n== {title}  [{hardware_tag()}]")
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def hardware_tag() -> str:
+    """The processor facts every figure depends on: torch's CPU capability, native bfloat16 (and a
+    oneDNN ISA cap), the thread count, and the GPU when there is one."""
+    from refusion.inference.capability import native_bf16, onednn_isa_cap
+
+    tag = f"CPU {torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native_bf16('cpu') else 'no'}"
+    if onednn_isa_cap():
+        tag += f", ONEDNN_MAX_CPU_ISA={onednn_isa_cap()}"
+    tag += f", {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        tag += f", GPU {torch.cuda.get_device_name(0)}"
+    return tag
 
 
 def _fmt(v) -> str:

@@ -87,9 +87,7 @@ def _time_targets(state: dict) -> dict:
     rows = [{"case": case, **{f"{v} s": t[v]["median_s"] for v in t},
              **{f"{v} x": t[v]["speedup_vs_fp32"] for v in t if v != "fp32"},
              **{f"{v} PSNR": t[v]["psnr_vs_fp32_db"] for v in t if v != "fp32"}} for case, t in out.items()]
-    print_table(f"half path against fp32, autocast and unchecked bf16, 1x3x{size}x{size} (native bf16: "
-                f"{native_bf16('cpu')}, torch {torch.backends.cpu.get_cpu_capability()}, ONEDNN_MAX_CPU_ISA "
-                f"{onednn_isa_cap()})", rows, list(rows[0]))
+    print_table(f"half path against fp32, autocast and unchecked bf16, 1x3x{size}x{size}", rows, list(rows[0]))
     return {"image_size": size, "native_bf16": native_bf16("cpu"), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": onednn_isa_cap(), "cases": out}
 
