@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from refusion.cli import restore as restore_tool
-from refusion.cli.restore_jobs import FAILED, RESTORED, run_share, worker_models
+from refusion.cli.restore_jobs import FAILED, RESTORED, run_share
 from refusion.data.image_io import image_pixels, write_image
 from refusion.inference import threads
 from refusion.inference.processes import process_state
+from refusion.inference.workers import map_workers, worker_models
 from refusion.models import NAFNet
 from test_restore_cli import make_run
 
@@ -91,6 +92,27 @@ def test_run_share_runs_workers_at_once_each_job_once_in_order():
     statuses = {records[0]["input"]: records[0]["status"] for _, records in done}
     assert statuses.pop("in3.png") == FAILED and set(statuses.values()) == {RESTORED}
     assert "ValueError: bad pixels" in done[3][1][0]["error"]
+
+
+def test_map_workers_gives_results_in_item_order_and_each_call_a_worker_of_its_own():
+    busy, overlaps, lock = set(), [], threading.Lock()
+
+    def square(worker, item):
+        with lock:
+            assert worker not in busy            # no two calls at once with one worker
+            busy.add(worker)
+            overlaps.append(len(busy))
+        time.sleep(0.01 * (item % 3))            # finish out of order
+        with lock:
+            busy.discard(worker)
+        return worker, item * item
+
+    done = []
+    results = map_workers(square, list(range(12)), ["w0", "w1", "w2"], on_result=done.append)
+    assert [value for _, value in results] == [i * i for i in range(12)]
+    assert sorted(done, key=lambda r: r[1]) == sorted(results, key=lambda r: r[1])
+    assert max(overlaps) > 1 and {worker for worker, _ in results} <= {"w0", "w1", "w2"}
+    assert map_workers(square, [3, 4], ["only"]) == [("only", 9), ("only", 16)]
 
 
 def test_an_interrupt_lets_running_jobs_finish_and_starts_no_other():

@@ -3,9 +3,9 @@
 Three workloads of a small network, each timed for a fixed window in a fresh process (OpenMP reads its
 environment once, when torch loads): a training step of the quickstart noise network (batch 4x3x64x64,
 Lion), ``refusion.restore`` of a 256x256 image with a width-16 NAFNet, and the same restore of a
-folder of such images the way `refusion restore` runs one (``restore_folder``: its job runner
-`run_share` and its worker choice `worker_models`, images in memory; only ``new_default`` restores
-several images at once, the other settings restore one after the other). Each thread setting runs
+folder of such images the way `refusion restore` runs one (``restore_folder``: its worker choice and
+pool, refusion.inference.workers, images in memory; only ``new_default`` restores several images at
+once, the other settings restore one after the other). Each thread setting runs
 them alone, then again while another Python process runs a 2-thread float32 matrix-multiply loop
 (torch's default OpenMP policy, as an unrelated job would). The figure of merit is the throughput
 next to the competitor over the throughput of torch's old default alone (2 threads, spinning
@@ -89,21 +89,18 @@ def throughput_probe(threads, seconds: float) -> dict:
 
 
 def folder_restore(regressor, image, *, automatic: bool):
-    """(restore a batch of images, their number, workers): `refusion restore`'s job runner over
+    """(restore a batch of images, their number, workers): `refusion restore`'s worker pool over
     in-memory images, with its automatic worker choice (``automatic``) or one worker."""
-    from pathlib import Path
-
     import refusion
-    from refusion.cli.restore_jobs import run_share, worker_models
-    from refusion.inference.processes import process_state
+    from refusion.inference.workers import map_workers, worker_models
 
     pixels = image.shape[-2] * image.shape[-1]
     models = worker_models(regressor, jobs=8, largest_pixels=pixels, workers=None if automatic else 1, cpu=True)
-    jobs = [((Path(f"image{i}.png"),), (Path(f"restored{i}.png"),)) for i in range(2 * len(models))]
-    workers = [lambda sources, targets, model=model: refusion.restore(image, model=model, progress=False)
-               for model in models]
-    state = process_state("cpu")
-    return lambda: run_share(jobs, workers, state=state, progress=False), len(jobs), len(models)
+    batch = [image] * (2 * len(models))
+
+    def restore(model, lq):
+        return refusion.restore(lq, model=model, progress=False)
+    return lambda: map_workers(restore, batch, models), len(batch), len(models)
 
 
 def _environment(name: str) -> dict:

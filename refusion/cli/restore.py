@@ -298,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
                                            prepare_output, report, restore_state, run_share, settings_of,
-                                           worker_models, write_summary)
+                                           write_summary)
     from refusion.inference.ensemble import check_ensemble_network
     from refusion.inference.loading import default_tlc, is_stereo
     from refusion.inference.pipeline import RefusionPipeline
+    from refusion.inference.workers import worker_models
 
     try:
         device = resolve_device(args.device)

@@ -7,8 +7,8 @@ process (`gather_object`), so all of them return the same exit status, and the m
 counts and writes the --summary manifest.
 
 Within a process, `run_share` restores several images at once on the CPU, each in its own thread with
-its own copy of the model (`worker_models`; refusion.inference.threads.image_workers says how many):
-threads of one image wait for each other after every operation, workers never do.
+its own copy of the model (refusion.inference.workers): threads of one image wait for each other after
+every operation, workers never do.
 
 Before any process writes, the main process removes the temporaries a killed run left in the output
 folder (`image_io.remove_partial_files`) and, with --skip-existing, decides which jobs are done; that
@@ -16,13 +16,10 @@ decision is broadcast, so every process works from one plan and none starts befo
 """
 from __future__ import annotations
 
-import copy
 import json
-import queue
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -33,6 +30,7 @@ from tqdm.auto import tqdm
 
 from refusion.data.image_io import ImageReadError, atomic_output, remove_partial_files
 from refusion.inference.processes import gather_in_order, process_share, process_state
+from refusion.inference.workers import map_workers
 
 RESTORED, FAILED, SKIPPED = "restored", "failed", "skipped-existing"
 # Failures that cost their job only, never the batch: an unreadable file, an image too large for
@@ -98,45 +96,26 @@ def image_record(source: Path, target: Path, status: str, *, rank: int, seconds:
 
 def run_share(jobs: list[Job], workers: Sequence[Callable[[tuple[Path, ...], tuple[Path, ...]], None]], *,
               state: PartialState, progress: bool) -> list[tuple[int, list[dict]]]:
-    """Run this process's share of `jobs`: [(index in `jobs`, its records: one per image)].
+    """Run this process's share of `jobs`: [(index in `jobs`, its records: one per image)], in job order.
 
     Each of ``workers`` is a ``restore_job(sources, targets)`` that restores one job and writes its
     targets (each with `image_io.atomic_output`; a file written beside a target goes first, so a target
     on disk means a finished job for --skip-existing); with several, each runs in its own thread and
-    takes the next job when it is free (so they must share no state: one model copy each). A failure in
-    `JOB_ERRORS` costs its job only. The progress bar (main process only) counts the main process's
-    share. An interrupt lets the jobs under way finish (their outputs are whole) and starts no other."""
+    takes the next job when it is free (`refusion.inference.workers.map_workers`; they must share no
+    state: one model copy each). A failure in `JOB_ERRORS` costs its job only. The progress bar (main
+    process only) counts the main process's share. An interrupt lets the jobs under way finish (their
+    outputs are whole) and starts no other."""
     share = process_share(jobs, state)
     desc = "images" if state.num_processes == 1 else f"images (process 0's share, of {state.num_processes})"
     bar = tqdm(total=len(share), desc=desc, unit="img", disable=not (progress and state.is_main_process))
-    done = []
+
+    def run(restore_job, item: tuple[int, Job]) -> tuple[int, list[dict]]:
+        index, job = item
+        bar.set_postfix_str(job[0][0].name[-40:], refresh=False)
+        return _run_job(restore_job, index, job, state.process_index)
+
     with bar:
-        if len(workers) == 1:
-            for index, job in share:
-                bar.set_postfix_str(job[0][0].name[-40:])
-                done.append(_run_job(workers[0], index, job, state.process_index))
-                bar.update()
-            return done
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        for worker in workers:
-            free.put(worker)
-
-        def run(index: int, job: Job) -> tuple[int, list[dict]]:
-            worker = free.get()          # a worker is free: a pool thread only starts a job when one is
-            try:
-                return _run_job(worker, index, job, state.process_index)
-            finally:
-                free.put(worker)
-
-        pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="restore")
-        try:
-            futures = [pool.submit(run, index, job) for index, job in share]
-            for future in as_completed(futures):
-                done.append(future.result())
-                bar.update()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    return sorted(done, key=lambda item: item[0])
+        return map_workers(run, share, workers, on_result=lambda _: bar.update())
 
 
 def _run_job(restore_job: Callable[[tuple[Path, ...], tuple[Path, ...]], None], index: int, job: Job,
@@ -154,25 +133,6 @@ def _run_job(restore_job: Callable[[tuple[Path, ...], tuple[Path, ...]], None], 
     seconds = round(time.perf_counter() - start, 3)
     return index, [image_record(src, dst, status, rank=rank, seconds=seconds, error=error)
                    for src, dst in zip(sources, targets)]
-
-
-def worker_models(model, *, jobs: int, largest_pixels: int, workers: int | None, cpu: bool) -> list:
-    """One model per worker of `run_share` (refusion.inference.threads.image_workers, over this process's
-    CPU budget): ``model`` and deep copies of it, so that no two images share a module (TLC converts a
-    network's pooling in place). With several workers it sets torch's threads to each one's share and
-    turns a pipeline's per-image step bars off (the image bar stays)."""
-    import torch
-
-    from refusion.inference.pipeline import RefusionPipeline
-    from refusion.inference.threads import cpu_budget, image_workers
-
-    count, threads = image_workers(jobs, cpu_budget()[0], largest_pixels=largest_pixels, cpu=cpu, workers=workers)
-    if count == 1:
-        return [model]
-    torch.set_num_threads(threads)
-    if isinstance(model, RefusionPipeline):
-        model.set_progress_bar_config(leave=False, desc="steps", disable=True)
-    return [model] + [copy.deepcopy(model) for _ in range(count - 1)]
 
 
 def gather_records(done: list[tuple[int, list[dict]]], skipped: list[Job], jobs: list[Job]) -> list[dict]:
