@@ -16,6 +16,7 @@ from refusion.cli import evaluate as evaluate_cli
 from refusion.evaluation.evaluate import INPUT_LABEL, Method, evaluate_runs, parse_sampler_specs, resolve_reference
 from refusion.evaluation.statistics import mean_interval, paired_difference
 from refusion.inference.processes import gather_in_order, process_share
+from refusion.inference.workers import map_workers
 from refusion.training import train
 from test_multiprocess import free_port
 from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
@@ -122,6 +123,35 @@ def test_cli_refuses_an_unknown_reference_before_restoring_anything(runs, tmp_pa
 def without_timings(rows: list[dict]) -> list[dict]:
     return [{**{k: v for k, v in row.items() if k != "seconds_per_image"},
              "per_image": [{k: v for k, v in p.items() if k != "seconds"} for p in row["per_image"]]} for row in rows]
+
+
+@pytest.mark.slow
+def test_workers_give_the_table_of_one(runs, tmp_path, monkeypatch):
+    # one torch thread per image in both: three workers on a budget of three CPUs, one worker on one
+    # thread (LPIPS and the networks sum in an order that follows the thread count)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    import refusion.evaluation.evaluate as evaluation
+
+    pools = []
+
+    def spy(fn, items, workers, **kwargs):
+        pools.append((len(workers), kwargs.get("threads"), len({id(w[0].network) for w in workers})))
+        return map_workers(fn, items, workers, **kwargs)
+    monkeypatch.setattr(evaluation, "map_workers", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = evaluate(runs, tmp_path / "one", seed=7, workers=1)
+        three = evaluate(runs, tmp_path / "three", seed=7, workers=3)
+        assert torch.get_num_threads() == 1                            # the caller's count is left as it was
+    finally:
+        torch.set_num_threads(before)
+    assert pools == [(1, None, 1)] * 3 + [(3, 1, 3)] * 3    # per method: the workers, their threads, networks
+    assert without_timings(three["rows"]) == without_timings(one["rows"])
+    assert [row["nfe"] for row in three["rows"]] == [0, 2, 2, 1]
+    for name in ("img0.png", "img1.png", "img2.png"):
+        assert ((tmp_path / "three/images/nafnet" / name).read_bytes()
+                == (tmp_path / "one/images/nafnet" / name).read_bytes())
 
 
 @pytest.mark.slow

@@ -130,22 +130,30 @@ def test_an_interrupt_lets_running_jobs_finish_and_starts_no_other():
     assert len(started) < 10 and sorted(finished) == sorted(set(started) - {"in0.png"})
 
 
-def test_worker_models_are_copies_with_the_same_weights():
-    torch.set_num_threads(2)
+def test_worker_models_are_copies_with_the_same_weights_and_a_share_of_the_threads():
     net = NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
-    models = worker_models(net, jobs=5, largest_pixels=64 * 64, workers=None, cpu=True)
     budget = threads.cpu_budget()[0]
+    models, per_worker = worker_models(net, jobs=5, largest_pixels=64 * 64, workers=None, cpu=True)
     assert len(models) == min(budget, 4) and models[0] is net
-    if len(models) > 1:
-        assert torch.get_num_threads() == max(1, budget // len(models))
-    models = worker_models(net, jobs=5, largest_pixels=64 * 64, workers=3, cpu=True)
-    assert len(models) == 3 and len({id(m) for m in models}) == 3
+    assert per_worker == (None if len(models) == 1 else max(1, budget // len(models)))
+    models, per_worker = worker_models(net, jobs=5, largest_pixels=64 * 64, workers=3, cpu=True)
+    assert len(models) == 3 and len({id(m) for m in models}) == 3 and per_worker == max(1, budget // 3)
     params = [{id(p) for p in m.parameters()} for m in models]
     assert not params[0] & params[1] and not params[1] & params[2]
     for copy in models[1:]:
         for (name, a), (_, b) in zip(net.state_dict().items(), copy.state_dict().items()):
             assert torch.equal(a, b), name
-    assert worker_models(net, jobs=5, largest_pixels=64 * 64, workers=None, cpu=False) == [net]
+    assert worker_models(net, jobs=5, largest_pixels=64 * 64, workers=None, cpu=False) == ([net], None)
+
+
+def test_map_workers_sets_torch_threads_while_it_runs_and_restores_them():
+    torch.set_num_threads(2)
+    seen = map_workers(lambda worker, item: torch.get_num_threads(), [0, 1, 2, 3], ["a", "b"], threads=1)
+    assert seen == [1, 1, 1, 1] and torch.get_num_threads() == 2
+    with pytest.raises(ZeroDivisionError):
+        map_workers(lambda worker, item: 1 / item, [1, 0], ["a", "b"], threads=1)
+    assert torch.get_num_threads() == 2
+    assert map_workers(lambda worker, item: torch.get_num_threads(), [0], ["a"]) == [2]
 
 
 @pytest.fixture(scope="module")

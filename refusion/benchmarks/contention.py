@@ -80,7 +80,6 @@ def throughput_probe(threads, seconds: float) -> dict:
     threads = torch.get_num_threads()
     rates = {"train_step": rate(lambda: step(batch)),
              "restore": rate(lambda: refusion.restore(image, model=regressor, progress=False))}
-    # last: with several workers, worker_models sets torch's threads to each worker's share
     folder, images, workers = folder_restore(regressor, image, automatic=automatic)
     rates["restore_folder"] = rate(folder, images)
     return {"threads": threads, "folder_workers": workers, "load_average_at_start": os.getloadavg()[0],
@@ -95,12 +94,13 @@ def folder_restore(regressor, image, *, automatic: bool):
     from refusion.inference.workers import map_workers, worker_models
 
     pixels = image.shape[-2] * image.shape[-1]
-    models = worker_models(regressor, jobs=8, largest_pixels=pixels, workers=None if automatic else 1, cpu=True)
+    models, threads = worker_models(regressor, jobs=8, largest_pixels=pixels, workers=None if automatic else 1,
+                                    cpu=True)
     batch = [image] * (2 * len(models))
 
     def restore(model, lq):
         return refusion.restore(lq, model=model, progress=False)
-    return lambda: map_workers(restore, batch, models), len(batch), len(models)
+    return lambda: map_workers(restore, batch, models, threads=threads), len(batch), len(models)
 
 
 def _environment(name: str) -> dict:

@@ -7,8 +7,8 @@
 
 ``--device`` (default ``auto``: CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N``,
 ``mps``) and ``--threads N`` (default: :func:`default_threads`) are on every command that computes;
-``--model``, ``--half``, ``--tile``, ``--steps``, ``--seed`` and ``--no-progress`` where a command has
-the concept. Building the parser imports nothing heavy (no torch), so ``--help`` answers at once;
+``--model``, ``--half``, ``--tile``, ``--steps``, ``--seed``, ``--workers`` and ``--no-progress`` where a
+command has the concept. Building the parser imports nothing heavy (no torch), so ``--help`` answers at once;
 torch is imported by :func:`apply_shared`, after argparse has handled ``--help``.
 """
 from __future__ import annotations
@@ -68,6 +68,10 @@ SHARED: dict[str, tuple[str, dict[str, Any]]] = {
                                   help="CPU threads of torch (default: the CPUs this process may use, less those "
                                        "other processes keep busy at the start, shared between the processes of a "
                                        "launch; docs/performance.md)")),
+    "workers": ("--workers", dict(type=positive_int, default=None, metavar="N",
+                                  help="images restored at once, each with its share of the threads and its own copy "
+                                       "of the model (default: on the CPU one per thread, at most 4, when no image is "
+                                       "over 2048x2048; else 1); docs/inference.md")),
     "model": ("--model", dict(type=Path, metavar="MODEL",
                               help="a trained model: run directory, saved pipeline/model directory, imported official "
                                    "folder, or official checkpoint file")),

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "('input (LQ)', 'RUN [SAMPLER, STEPS]') or a run name naming one row "
                                 "(default: the first regressor, else no comparison)")
     reference.add_argument("--no-reference", action="store_true", help="no paired differences")
-    common.add_shared(parser, "device", "threads", "seed", "no-progress",
+    common.add_shared(parser, "device", "threads", "workers", "seed", "no-progress",
                       seed=dict(help="noise seed of the first test image; image i uses SEED + i (default 0)"),
                       device=dict(help=f"{common.DEVICE_FORMS} (default: auto, i.e. CUDA when available, else CPU); "
                                        "under accelerate launch 'auto' and 'cuda' are each process's own GPU"))
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
                                device=args.device, max_images=args.max_images, crop_border=args.crop_border,
                                test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta,
-                               progress=not args.no_progress, self_ensemble=args.self_ensemble,
+                               progress=not args.no_progress, self_ensemble=args.self_ensemble, workers=args.workers,
                                reference=False if args.no_reference else args.reference)
     except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
         print(f"evaluate: error: {exc}", file=sys.stderr)

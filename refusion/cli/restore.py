@@ -109,15 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-existing", action="store_true",
                    help="resume an interrupted batch: skip the images whose outputs (both views of a stereo pair) "
                         "are already in the output folder")
-    p.add_argument("--workers", type=common.positive_int, default=None, metavar="N",
-                   help="images restored at once, each on its share of the threads and with its own copy of the "
-                        "model (default: on the CPU one per thread, at most 4, for folders of images up to "
-                        "2048x2048; else 1). More workers keep a shared machine's CPUs busier, at the memory of "
-                        "one image per worker")
     p.add_argument("--summary", type=Path, default=None, metavar="FILE",
                    help="write a JSON manifest of the run: settings, totals, and per image its input, output, "
                         "process, seconds and status (restored, failed with the reason, skipped-existing)")
-    common.add_shared(p, "model", "device", "threads", "steps", "seed", "tile", "half", "no-progress",
+    common.add_shared(p, "model", "device", "threads", "workers", "steps", "seed", "tile", "half", "no-progress",
                       model=dict(required=True, help="run directory, saved pipeline/model directory, imported official "
                                                      "folder, or an official checkpoint file (.pth: imported on the "
                                                      "fly into ~/.cache/refusion/imported)"),
@@ -345,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.data.image_io import image_pixels
 
     largest = max((image_pixels(src) or 0 for sources, _ in todo for src in sources), default=0)
-    models = worker_models(model, jobs=len(todo), largest_pixels=largest, workers=args.workers,
-                           cpu=device.type == "cpu")
+    models, threads = worker_models(model, jobs=len(todo), largest_pixels=largest, workers=args.workers,
+                                    cpu=device.type == "cpu")
     workers = [partial(restore_job, kind, copy, args=args, device=device, lenses=lenses) for copy in models]
-    records = gather_records(run_share(todo, workers, state=state, progress=not args.no_progress), skipped, jobs)
+    records = gather_records(run_share(todo, workers, threads=threads, state=state, progress=not args.no_progress),
+                             skipped, jobs)
     devices = gather_object([str(device)])
     seconds = time.perf_counter() - start
     status = exit_status(records)

@@ -95,14 +95,15 @@ def image_record(source: Path, target: Path, status: str, *, rank: int, seconds:
 
 
 def run_share(jobs: list[Job], workers: Sequence[Callable[[tuple[Path, ...], tuple[Path, ...]], None]], *,
-              state: PartialState, progress: bool) -> list[tuple[int, list[dict]]]:
+              state: PartialState, progress: bool, threads: int | None = None) -> list[tuple[int, list[dict]]]:
     """Run this process's share of `jobs`: [(index in `jobs`, its records: one per image)], in job order.
 
     Each of ``workers`` is a ``restore_job(sources, targets)`` that restores one job and writes its
     targets (each with `image_io.atomic_output`; a file written beside a target goes first, so a target
     on disk means a finished job for --skip-existing); with several, each runs in its own thread and
     takes the next job when it is free (`refusion.inference.workers.map_workers`; they must share no
-    state: one model copy each). A failure in `JOB_ERRORS` costs its job only. The progress bar (main
+    state: one model copy each; ``threads``: torch's threads meanwhile, each worker's share). A failure
+    in `JOB_ERRORS` costs its job only. The progress bar (main
     process only) counts the main process's share. An interrupt lets the jobs under way finish (their
     outputs are whole) and starts no other."""
     share = process_share(jobs, state)
@@ -115,7 +116,7 @@ def run_share(jobs: list[Job], workers: Sequence[Callable[[tuple[Path, ...], tup
         return _run_job(restore_job, index, job, state.process_index)
 
     with bar:
-        return map_workers(run, share, workers, on_result=lambda _: bar.update())
+        return map_workers(run, share, workers, threads=threads, on_result=lambda _: bar.update())
 
 
 def _run_job(restore_job: Callable[[tuple[Path, ...], tuple[Path, ...]], None], index: int, job: Job,

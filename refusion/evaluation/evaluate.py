@@ -33,6 +33,7 @@ from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
 from refusion.evaluation.statistics import CONFIDENCE, RESAMPLES, SEED, add_intervals
 from refusion.inference.processes import gather_in_order, process_device, process_share, process_state
+from refusion.inference.workers import map_workers, worker_models
 
 INPUT_LABEL = "input (LQ)"
 FEW_IMAGES = 10   # below this a percentile bootstrap interval is known to undercover
@@ -247,6 +248,7 @@ def evaluate_runs(
     lens: str | Path | None = None,
     reference: str | bool | None = None,
     self_ensemble: bool = False,
+    workers: int | None = None,
 ) -> dict | None:
     """Evaluate every method on the same pairs; write tables, plots, grid and restored images.
 
@@ -257,6 +259,9 @@ def evaluate_runs(
     ``samplers``: "NAME:STEPS", or "NAME:STEPS:meanK" for the mean of K posterior samples per image
     (refusion.sample_posterior). ``self_ensemble``: each regressor also gets a row with its x8
     self-ensemble (refusion.restore(..., self_ensemble=True)).
+    ``workers``: images restored at once, each with its own copy of the models (None: on the CPU one per
+    CPU of the process's budget, at most 4, as `refusion restore` does; refusion.inference.workers). The
+    scores do not depend on it, up to float32 rounding of LPIPS sums (thread counts differ).
 
     Under ``accelerate launch`` each process restores its share of the images and writes their PNGs; the
     scores are gathered and the main process writes the report and returns the result; the other
@@ -293,17 +298,21 @@ def evaluate_runs(
             for i, (name, _, _) in process_share(pairs, state)]
     rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), order)]
     restored = {}
-    for method, restorer in zip(methods, restorers):
+    largest = max(lq.shape[0] * lq.shape[1] for lq in lqs.values())
+    worker_sets, threads = worker_models(restorers, jobs=len(pairs), largest_pixels=largest, workers=workers,
+                                         cpu=torch.device(device).type == "cpu")
+    for m, (method, restorer) in enumerate(zip(methods, restorers)):
         jobs = _jobs(pairs, stereo=restorer.is_stereo)
-        counter = _CallCounter(restorer.network)
-        done = []
-        bar = tqdm(process_share(jobs, state), desc=method.label, disable=not (progress and state.is_main_process),
-                   leave=False)
-        for index, names in bar:
+        counted = [(restorers_[m], _CallCounter(restorers_[m].network)) for restorers_ in worker_sets]
+        share = process_share(jobs, state)
+        bar = tqdm(total=len(share), desc=method.label, disable=not (progress and state.is_main_process), leave=False)
+
+        def one_pass(worker, item):
+            (restorer_, counter), (index, names) = worker, item
             # a stereo network restores the two views of a pair in one pass, left then right on channels
             lq = torch.from_numpy(np.concatenate([lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
             calls, start = counter.count, time.perf_counter()
-            out = restorer(lq, seed + index, lenses and lenses[names[0]])
+            out = restorer_(lq, seed + index, lenses and lenses[names[0]])
             seconds = time.perf_counter() - start
             views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
             records, grid = [], {}
@@ -312,8 +321,12 @@ def evaluate_runs(
                 if name in grid_names:
                     grid[name] = img
                 _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
-            done.append((index, (records, counter.count - calls, grid)))
-        counter.close()
+            return index, (records, counter.count - calls, grid)
+
+        with bar:
+            done = map_workers(one_pass, share, counted, threads=threads, on_result=lambda _: bar.update())
+        for _, counter in counted:
+            counter.close()
         passes = gather_in_order(done)   # every process takes part; only the main one uses the result
         nfe = sum(calls for _, calls, _ in passes) / len(passes)
         rows.append(_row(method.label, method.run_dir.name, method.kind, method.sampler, method.steps, nfe,
