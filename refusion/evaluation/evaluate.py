@@ -340,7 +340,9 @@ def evaluate_runs(
     notes = [f"PSNR/SSIM: BasicSR protocol, crop_border={crop_border}, test_y_channel={test_y_channel}; "
              f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
              f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)",
-             _interval_note(len(pairs), reference, scenes)]
+             _interval_note(len(pairs), reference, scenes),
+             f"{len(worker_sets)} image(s) restored at once per process, {threads or torch.get_num_threads()} torch "
+             f"thread(s) each; s / image is one image's own wall time"]
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
     artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
