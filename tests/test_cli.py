@@ -65,8 +65,9 @@ def test_tools_are_thin_wrappers_of_the_cli():
 # command -> the shared flags it has (the specification: a flag missing from a command's --help fails)
 SHARED_FLAGS = {
     "train": {"--device", "--threads", "--seed"},
-    "restore": {"--device", "--threads", "--model", "--half", "--tile", "--steps", "--seed", "--no-progress"},
-    "evaluate": {"--device", "--threads", "--seed", "--no-progress"},
+    "restore": {"--device", "--threads", "--workers", "--model", "--half", "--tile", "--steps", "--seed",
+                "--no-progress"},
+    "evaluate": {"--device", "--threads", "--workers", "--seed", "--no-progress"},
     "import": {"--threads"},
     "convert": {"--threads"},
     "export": {"--threads"},

@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
                                            prepare_output, report, restore_state, run_share, settings_of,
                                            write_summary)
+    from refusion.data.image_io import image_pixels
     from refusion.inference.ensemble import check_ensemble_network
     from refusion.inference.loading import default_tlc, is_stereo
     from refusion.inference.pipeline import RefusionPipeline
@@ -337,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"restore: error: cannot prepare the output folder {str(args.output)!r}: {exc}", file=sys.stderr)
         return 2
-    from refusion.data.image_io import image_pixels
-
     largest = max((image_pixels(src) or 0 for sources, _ in todo for src in sources), default=0)
     models, threads = worker_models(model, jobs=len(todo), largest_pixels=largest, workers=args.workers,
                                     cpu=device.type == "cpu")

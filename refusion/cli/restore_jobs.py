@@ -103,9 +103,8 @@ def run_share(jobs: list[Job], workers: Sequence[Callable[[tuple[Path, ...], tup
     on disk means a finished job for --skip-existing); with several, each runs in its own thread and
     takes the next job when it is free (`refusion.inference.workers.map_workers`; they must share no
     state: one model copy each; ``threads``: torch's threads meanwhile, each worker's share). A failure
-    in `JOB_ERRORS` costs its job only. The progress bar (main
-    process only) counts the main process's share. An interrupt lets the jobs under way finish (their
-    outputs are whole) and starts no other."""
+    in `JOB_ERRORS` costs its job only. The progress bar (main process only) counts the main process's
+    share. An interrupt lets the jobs under way finish (their outputs are whole) and starts no other."""
     share = process_share(jobs, state)
     desc = "images" if state.num_processes == 1 else f"images (process 0's share, of {state.num_processes})"
     bar = tqdm(total=len(share), desc=desc, unit="img", disable=not (progress and state.is_main_process))

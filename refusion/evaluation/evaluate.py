@@ -299,20 +299,20 @@ def evaluate_runs(
     rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), order)]
     restored = {}
     largest = max(lq.shape[0] * lq.shape[1] for lq in lqs.values())
-    worker_sets, threads = worker_models(restorers, jobs=len(pairs), largest_pixels=largest, workers=workers,
-                                         cpu=torch.device(device).type == "cpu")
+    restorer_sets, threads = worker_models(restorers, jobs=len(pairs), largest_pixels=largest, workers=workers,
+                                           cpu=torch.device(device).type == "cpu")   # one list of copies per worker
     for m, (method, restorer) in enumerate(zip(methods, restorers)):
         jobs = _jobs(pairs, stereo=restorer.is_stereo)
-        counted = [(restorers_[m], _CallCounter(restorers_[m].network)) for restorers_ in worker_sets]
+        counted = [(own[m], _CallCounter(own[m].network)) for own in restorer_sets]
         share = process_share(jobs, state)
         bar = tqdm(total=len(share), desc=method.label, disable=not (progress and state.is_main_process), leave=False)
 
         def one_pass(worker, item):
-            (restorer_, counter), (index, names) = worker, item
+            (own_restorer, counter), (index, names) = worker, item
             # a stereo network restores the two views of a pair in one pass, left then right on channels
             lq = torch.from_numpy(np.concatenate([lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
             calls, start = counter.count, time.perf_counter()
-            out = restorer_(lq, seed + index, lenses and lenses[names[0]])
+            out = own_restorer(lq, seed + index, lenses and lenses[names[0]])
             seconds = time.perf_counter() - start
             views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
             records, grid = [], {}
@@ -341,7 +341,7 @@ def evaluate_runs(
              f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
              f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)",
              _interval_note(len(pairs), reference, scenes),
-             f"{len(worker_sets)} image(s) restored at once per process, {threads or torch.get_num_threads()} torch "
+             f"{len(restorer_sets)} image(s) restored at once per process, {threads or torch.get_num_threads()} torch "
              f"thread(s) each; s / image is one image's own wall time"]
     artefacts = write_tables(rows, out_dir, notes=notes)
     artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
