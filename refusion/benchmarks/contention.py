@@ -5,8 +5,8 @@ environment once, when torch loads): a training step of the quickstart noise net
 Lion), ``refusion.restore`` of a 256x256 image with a width-16 NAFNet, and the same restore of a
 folder of such images the way `refusion restore` runs one (``restore_folder``: its worker choice and
 pool, refusion.inference.workers, images in memory; only ``new_default`` restores several images at
-once, the other settings restore one after the other). Each thread setting runs
-them alone, then again while another Python process runs a 2-thread float32 matrix-multiply loop
+once, the other settings restore one after the other). Each thread setting runs them alone, then
+again while another Python process runs a 2-thread float32 matrix-multiply loop
 (torch's default OpenMP policy, as an unrelated job would). The figure of merit is the throughput
 next to the competitor over the throughput of torch's old default alone (2 threads, spinning
 OpenMP) on the same machine in the same run: 50% is a fair share of two equal jobs.

@@ -24,6 +24,7 @@ from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, print_table, psnr_db, smooth_image
 from refusion.benchmarks.sampling import VARIANT_DOC, autocast_only
 from refusion.inference.capability import native_bf16, onednn_isa_cap
+from refusion.inference.precision import as_network_input
 
 ACCURACY_SAMPLER, ACCURACY_STEPS = "mr_sde", 10
 
@@ -43,10 +44,7 @@ def bf16_unchecked(net):
     half = perf.prepare_for_inference(copy.deepcopy(net), channels_last=True, dtype=torch.bfloat16)
 
     def cast(value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            value = value.to(torch.bfloat16)
-            return value.contiguous(memory_format=torch.channels_last) if value.dim() == 4 else value
-        return value
+        return as_network_input(value, torch.bfloat16) if isinstance(value, torch.Tensor) else value
 
     return lambda *args, **kwargs: half(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
 
