@@ -122,12 +122,12 @@ def test_an_interrupt_lets_running_jobs_finish_and_starts_no_other():
         started.append(sources[0].name)
         if sources[0].name == "in0.png":
             raise KeyboardInterrupt
-        time.sleep(0.05)
+        time.sleep(0.5)     # long beside the main thread's reaction: few jobs can start before it cancels
         finished.append(sources[0].name)
 
     with pytest.raises(KeyboardInterrupt):
         run_share(jobs_of(40), [restore_job, restore_job], state=process_state(), progress=False)
-    assert len(started) < 10 and sorted(finished) == sorted(set(started) - {"in0.png"})
+    assert len(started) <= 4 and sorted(finished) == sorted(set(started) - {"in0.png"})
 
 
 def test_worker_models_are_copies_with_the_same_weights_and_a_share_of_the_threads():
