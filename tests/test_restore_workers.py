@@ -2,6 +2,7 @@
 and `refusion restore --workers` writing exactly what one worker writes."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -74,11 +75,12 @@ def jobs_of(count: int) -> list:
 
 def test_run_share_runs_workers_at_once_each_job_once_in_order():
     meet = threading.Barrier(2, timeout=20)   # passes only when two jobs run at the same time
+    entered = itertools.count()                # the first two jobs to start wait there for each other
     seen: dict[str, list[str]] = {"a": [], "b": []}
 
     def worker(name):
         def restore_job(sources, targets):
-            if len(seen["a"]) + len(seen["b"]) < 2:
+            if next(entered) < 2:
                 meet.wait()
             seen[name].append(sources[0].name)
             if sources[0].name == "in3.png":
