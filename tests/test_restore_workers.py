@@ -98,12 +98,15 @@ def test_run_share_runs_workers_at_once_each_job_once_in_order():
 
 def test_map_workers_gives_results_in_item_order_and_each_call_a_worker_of_its_own():
     busy, overlaps, lock = set(), [], threading.Lock()
+    meet, entered = threading.Barrier(2, timeout=20), itertools.count()
 
     def square(worker, item):
         with lock:
             assert worker not in busy            # no two calls at once with one worker
             busy.add(worker)
             overlaps.append(len(busy))
+        if next(entered) < 2:
+            meet.wait()                          # the first two calls run at the same time
         time.sleep(0.01 * (item % 3))            # finish out of order
         with lock:
             busy.discard(worker)
