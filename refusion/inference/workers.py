@@ -9,8 +9,8 @@ the CPUs' fair share on a busy machine (docs/performance.md, "Threads on a share
 - :func:`map_workers`: ``fn(worker, item)`` for every item, each call with a free worker, results in
   item order, torch's threads set to each worker's share for the duration.
 
-`refusion restore` runs a folder this way (refusion/cli/restore_jobs.py), and so does the
-``contention`` benchmark.
+`refusion restore` runs a folder this way (refusion/cli/restore_jobs.py), `evaluate_runs` each method's
+test set (refusion/evaluation/evaluate.py), and the ``contention`` benchmark its ``restore_folder``.
 """
 from __future__ import annotations
 
