@@ -202,6 +202,22 @@ def test_invalid_choices():
         "r.yml: train.loss must be one of psnr, l1, charbonnier, l1_fft for task 'regressor'; got 'l2'"
 
 
+def test_noise_schedules_are_those_the_scheduler_of_the_type_implements():
+    from refusion.schedulers import DenoisingSDEScheduler, IRSDEScheduler
+
+    for schedule in IRSDEScheduler.SCHEDULES:          # constant included, as in the official code
+        built = schema_only(minimal(scheduler={"schedule": schedule})).scheduler.build()
+        assert built.config.schedule == schedule
+    assert error(schema_only, minimal(scheduler={"schedule": "cosin"})) == (
+        f"r.yml: scheduler.schedule must be one of {', '.join(IRSDEScheduler.SCHEDULES)} for scheduler.type "
+        "'ir_sde'; got 'cosin' (did you mean 'cosine'?)")
+    assert "constant" not in DenoisingSDEScheduler.SCHEDULES   # the official DenoisingSDE has no constant
+    assert error(schema_only, minimal("sde", "UnconditionalNAFNet",
+                                      scheduler={"type": "denoising", "schedule": "constant"})) == (
+        f"r.yml: scheduler.schedule must be one of {', '.join(DenoisingSDEScheduler.SCHEDULES)} for "
+        "scheduler.type 'denoising'; got 'constant'")
+
+
 def test_value_ranges_and_cross_checks():
     assert error(schema_only, minimal(train={"total_iters": 0})) == "r.yml: train.total_iters must be >= 1, got 0"
     assert error(schema_only, minimal(train={"total_iters": 5, "ema_decay": 1.0})) == \

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import refusion
 from refusion.cli import import_official as import_cli
@@ -102,6 +103,41 @@ def test_refusion_noise_network_with_options_is_a_pipeline_equal_to_the_official
     b = pipe(lq, num_inference_steps=3, output_type="pt", progress=False,
              generator=torch.Generator().manual_seed(1)).images
     torch.testing.assert_close(a, b)
+
+
+def official_thetas(schedule: str, steps: int) -> np.ndarray:
+    """The official theta schedules (../shared/reference/README.md), written out here in float64."""
+    if schedule == "cosine":
+        return ref("ir_sde_cosine_s50_T100_eps0.005")["thetas"]
+    if schedule == "linear":
+        scale = 1000 / (steps + 1)
+        return np.linspace(scale * 1e-4, scale * 0.02, steps + 1)
+    assert schedule == "constant"
+    return np.ones(steps + 1)
+
+
+@pytest.mark.parametrize("schedule", refusion.IRSDEScheduler.SCHEDULES)
+def test_every_schedule_the_scheduler_has_imports_with_the_official_arrays(tmp_path, schedule):
+    options = yaml.safe_load((OPTS / "refusion_small.yml").read_text())
+    options["sde"].update(schedule=schedule, eps=0.01)
+    path = tmp_path / f"{schedule}.yml"
+    path.write_text(yaml.safe_dump(options))
+    out = tmp_path / schedule
+    result = import_official(out, weights=official(tmp_path, "net_cnafnet_refusion_small"), options=path)
+    assert result.kind == "pipeline"
+    scheduler = refusion.load_pipeline(out).scheduler
+    assert scheduler.config.schedule == schedule and scheduler.config.eps == 0.01
+    # the marginal's std from the schedule by the papers' formulas: Theta_t = cumsum(theta)_t - theta_0,
+    # dt = -ln(eps) / Theta_T, sigma_bar_t = lambda sqrt(1 - exp(-2 Theta_t dt))
+    thetas = official_thetas(schedule, 100)
+    big_theta = np.cumsum(thetas) - thetas[0]
+    dt = -np.log(0.01) / big_theta[-1]
+    np.testing.assert_allclose(scheduler.thetas.numpy(), thetas, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(scheduler.sigma_bars.numpy(), 50 / 255 * np.sqrt(1 - np.exp(-2 * big_theta * dt)),
+                               rtol=1e-10, atol=1e-12)
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    restored = refusion.sample(lq, steps=3, model=out, progress=False, generator=torch.Generator().manual_seed(1))
+    assert restored.shape == lq.shape and torch.isfinite(restored).all()
 
 
 def test_noise_network_without_options_is_refused_naming_the_sde_settings(tmp_path, capsys):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.official.options import (
     OfficialOptions,
     OptionsError,
@@ -363,8 +364,8 @@ def test_sde_errors():
     data["sde"]["eps"] = "5e-3"
     fails(data, "sde.eps", "a number", "5.0e-3")
     data["sde"]["eps"] = 0.005
-    data["sde"]["schedule"] = "constant"
-    fails(data, "sde.schedule", "constant", "cosine, linear")
+    data["sde"]["schedule"] = "sigmoid"              # not an official schedule: the scheduler's are listed
+    fails(data, "sde.schedule", "sigmoid", ", ".join(IRSDEScheduler.SCHEDULES))
     data["sde"]["schedule"] = "cosin"
     fails(data, "sde.schedule", "did you mean 'cosine'")
     data = raw("denoising-sde_refusion_test.yml")

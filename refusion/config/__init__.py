@@ -22,13 +22,13 @@ import yaml
 
 from refusion.config.building import Context, apply_overrides, build, parse_yaml
 from refusion.config import checks
-from refusion.config.schema import (LOSSES, LR_SCHEDULES, MIXED_PRECISION, NOISE_SCHEDULES, OPTIMIZERS, SDE_TYPES,
+from refusion.config.schema import (LOSSES, LR_SCHEDULES, MIXED_PRECISION, OPTIMIZERS, SDE_TYPES,
                                     TASK_MODELS, TASKS, DataConfig, DatasetConfig, LatentConfig, LoggingConfig,
                                     LRScheduleConfig, ModelConfig, OptimizerConfig, Recipe, RecipeError,
                                     SchedulerConfig, TrainConfig, ValidationConfig)
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "dump_recipe", "apply_overrides",
-           "TASKS", "TASK_MODELS", "LOSSES", "OPTIMIZERS", "LR_SCHEDULES", "NOISE_SCHEDULES", "SDE_TYPES",
+           "TASKS", "TASK_MODELS", "LOSSES", "OPTIMIZERS", "LR_SCHEDULES", "SDE_TYPES",
            "MIXED_PRECISION", "ModelConfig", "SchedulerConfig", "LatentConfig", "DatasetConfig", "DataConfig",
            "OptimizerConfig", "LRScheduleConfig", "TrainConfig", "ValidationConfig", "LoggingConfig"]
 

@@ -26,6 +26,10 @@ def _check_sde_type(recipe: Recipe, ctx: Context) -> None:
         ctx.fail("model.name", f"scheduler.type {sched.type!r} trains {', '.join(allowed)}; got "
                                f"{recipe.model.name!r} (the DenoisingSDE's networks are net(x_t, t), the "
                                f"IR-SDE's net(x_t, mu, t))")
+    schedules = sched.scheduler_class().SCHEDULES    # what the scheduler implements, read from it
+    if sched.schedule not in schedules:
+        ctx.fail("scheduler.schedule", f"scheduler.schedule must be one of {', '.join(schedules)} for scheduler.type "
+                                       f"{sched.type!r}; got {sched.schedule!r}{did_you_mean(sched.schedule, schedules)}")
     if sched.type == "ir_sde" and sched.noise_level is not None:
         ctx.fail("scheduler.noise_level", "scheduler.noise_level is only used by scheduler.type 'denoising'")
     if sched.type == "denoising":

@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional
 TASKS = ("sde", "regressor", "latent_autoencoder")
 OPTIMIZERS = ("lion", "adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
-NOISE_SCHEDULES = ("cosine", "linear")
 SDE_TYPES = ("ir_sde", "denoising")   # IR-SDE (mean mu) | the denoising-sde DenoisingSDE (mean x0)
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LOSSES = {
@@ -64,7 +63,7 @@ class SchedulerConfig:
     type: str = _field("ir_sde", choices=SDE_TYPES)
     max_sigma: float = _field(50.0, check=POSITIVE)
     num_train_timesteps: int = _field(100, check=AT_LEAST_ONE)
-    schedule: str = _field("cosine", choices=NOISE_SCHEDULES)
+    schedule: str = _field("cosine")             # one of the scheduler class's SCHEDULES (config/checks.py)
     eps: Optional[float] = _field(None, check=OPEN_UNIT)     # None: the SDE's own (0.005 ir_sde, 0.04 denoising)
     sampler: Optional[str] = _field(None)
     prediction_type: str = _field("epsilon")
@@ -79,15 +78,19 @@ class SchedulerConfig:
             kwargs.pop("solver_order", None)     # the DenoisingSDE has no multistep solvers
         return kwargs
 
-    def build(self):
-        """The scheduler this section describes."""
+    def scheduler_class(self) -> type:
+        """The scheduler class of ``type`` (imported here: the schema loads without torch)."""
         if self.type == "denoising":
             from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 
-            return DenoisingSDEScheduler(**self.scheduler_kwargs())
+            return DenoisingSDEScheduler
         from refusion.schedulers.ir_sde import IRSDEScheduler
 
-        return IRSDEScheduler(**self.scheduler_kwargs())
+        return IRSDEScheduler
+
+    def build(self):
+        """The scheduler this section describes."""
+        return self.scheduler_class()(**self.scheduler_kwargs())
 
 
 @dataclass(kw_only=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, NoReturn, Optional
 
 from refusion.official import option_tables as T
+from refusion.schedulers.ir_sde import IRSDEScheduler
 
 
 class OptionsError(ValueError):
@@ -216,10 +217,8 @@ def _sde(r: _Reader, task: str) -> Optional[dict[str, Any]]:
                                            "cosine schedule, eps fixed at 0.04")
                 used.append(key)
     else:
-        schedule = r.value("sde.schedule", sde["schedule"], "str", allowed=T.SCHEDULES + ("constant",))
-        if schedule not in T.SCHEDULES:
-            r.fail("sde.schedule", f"the official 'constant' schedule is not implemented by refusion's "
-                                   f"IRSDEScheduler; supported: {', '.join(T.SCHEDULES)}")
+        # every official schedule (cosine, linear, constant) is one IRSDEScheduler implements: read from it
+        schedule = r.value("sde.schedule", sde["schedule"], "str", allowed=IRSDEScheduler.SCHEDULES)
         eps = r.value("sde.eps", sde["eps"], "number")
         if not 0 < eps < 1:
             r.fail("sde.eps", f"must be in (0, 1) (the signal left at t = T, e.g. 0.005), got {eps!r}")

@@ -19,7 +19,6 @@ IRSDE_TASKS = ("deblurring", "denoising-sde", "deraining", "deshadow", "inpainti
 # how the official options.py and test.py of each task group treat an option file
 CONDITIONAL_TASKS = ("deblurring", "deraining", "deshadow", "inpainting", "sisr")
 LATENT_TASKS = ("latent-dehazing", "latent-bokeh")
-SCHEDULES = ("cosine", "linear")  # what IRSDEScheduler implements; the official code also has "constant"
 SAMPLING_MODES = ("sde", "posterior")  # sde.sampling_mode of the deraining test
 
 
