@@ -161,6 +161,9 @@ MUTANTS = [
     m("blend without margin", "refusion/inference/tiling.py", "margin = overlap // 4", "margin = 0", TILING_TESTS),
     m("last tile not aligned to the end", "refusion/inference/tiling.py", "    starts.append(length - tile)\n",
       "    starts.append(starts[-1] + stride)\n", TILING_TESTS),
+    m("blend ramp half a pixel early", "refusion/inference/tiling.py",
+      "(torch.arange(n_ramp, dtype=torch.float64) + 0.5) / n_ramp",
+      "torch.arange(n_ramp, dtype=torch.float64) / n_ramp", ("tests/test_tiling.py",)),
     m("tiles get the whole cond", "refusion/inference/pipeline.py", "net(x_t, mu_t, t_batch, cond=cond_t)",
       "net(x_t, mu_t, t_batch, cond=cond)", PIPELINE_TESTS),
     m("half ignored", "refusion/inference/pipeline.py", "net = InferenceNetwork(noise_fn, mu.device, half=half)",
@@ -174,6 +177,18 @@ MUTANTS = [
       slow=True),
     m("demo trains a tenth of its iterations", "refusion/demo.py", 'overrides += [f"train.total_iters={iters}",',
       'overrides += [f"train.total_iters={max(iters // 10, 1)}",', ("tests/test_demo.py",), slow=True),
+    # ---------------------------------------------------------------- inference guards and CPU choices
+    m("finite check passes a partly finite output", "refusion/inference/precision.py",
+      "    if not bool(torch.isfinite(tensor).all()):", "    if not bool(torch.isfinite(tensor).any()):",
+      ("tests/test_nonfinite_outputs.py",)),
+    m("bf16 benchmark direction", "refusion/inference/capability.py",
+      "return best(torch.bfloat16) <= best(torch.float32)", "return best(torch.bfloat16) >= best(torch.float32)",
+      ("tests/test_capability.py",)),
+    m("busy cpus count the caller", "refusion/inference/threads.py", "max(0.0, statistics.median(counts) - 1)",
+      "max(0.0, statistics.median(counts))", ("tests/test_threads.py",)),
+    # ---------------------------------------------------------------- evaluation statistics
+    m("bootstrap never draws the last image", "refusion/evaluation/statistics.py", "rng.integers(0, n, size=",
+      "rng.integers(0, n - 1, size=", ("tests/test_statistics.py",)),
     # ---------------------------------------------------------------- random crops
     m("crop never at the bottom", "refusion/data/paired.py", "spans = (lq_height - lq_size + 1,",
       "spans = (lq_height - lq_size,", DATA_TESTS),

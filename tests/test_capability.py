@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,3 +129,69 @@ def test_every_benchmark_table_names_the_capability_it_was_measured_with(monkeyp
     assert f"CPU {torch.backends.cpu.get_cpu_capability()}" in title
     assert "native bf16 no" in title and "ONEDNN_MAX_CPU_ISA=AVX2" in title
     assert f"{torch.get_num_threads()} threads" in title
+
+
+class MatmulClock:
+    """A clock for the bf16 benchmark that advances by a set time per matrix multiply of each dtype:
+    the benchmark's decision is tested on known timings, whatever order it measures the dtypes in."""
+
+    def __init__(self, seconds: dict):
+        self.seconds, self.now, self.timed = seconds, 0.0, []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def matmul(self, a, b):
+        self.timed.append(a.dtype)
+        self.now += self.seconds[a.dtype]
+        return a
+
+
+def use_clock(monkeypatch, bf16_s: float, fp32_s: float) -> MatmulClock:
+    clock = MatmulClock({torch.bfloat16: bf16_s, torch.float32: fp32_s})
+    monkeypatch.setattr(capability, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: clock.matmul(a, b))
+    return clock
+
+
+# times are binary fractions, so the clock's differences are exact and "as fast" is really a tie
+@pytest.mark.parametrize("bf16_s, fp32_s, native", [
+    (2 ** -10, 2 ** -8, True),             # bf16 four times faster: hardware bf16
+    (2 ** -9, 2 ** -9, True),              # as fast: not emulated
+    (2 ** -4, 2 ** -10, False),            # 64x slower: oneDNN emulates bf16
+    (2 ** -9 + 2 ** -12, 2 ** -9, False),  # any slower counts as emulated
+])
+def test_the_benchmark_calls_slow_bf16_emulated_and_fast_bf16_native(monkeypatch, bf16_s, fp32_s, native):
+    clock = use_clock(monkeypatch, bf16_s, fp32_s)
+    assert capability._bf16_matmul_not_slower() is native
+    assert set(clock.timed) == {torch.bfloat16, torch.float32}     # both were measured
+
+
+def test_unreadable_cpu_flags_leave_the_decision_to_the_benchmark(monkeypatch):
+    # macOS, Windows and containers that hide /proc/cpuinfo: opening it fails
+    def no_cpuinfo(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(capability, "open", no_cpuinfo, raising=False)   # shadows the builtin in the module
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert capability.cpu_bf16_flags() is None
+    for bf16_s, native in ((2 ** -10, True), (2 ** -4, False)):
+        use_clock(monkeypatch, bf16_s, 2 ** -9)
+        capability._cpu_native_bf16.cache_clear()
+        try:
+            assert capability.native_bf16("cpu") is native
+        finally:
+            capability._cpu_native_bf16.cache_clear()
+
+
+def test_cpu_flags_are_read_from_the_flags_line_of_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 avx512f\nbogomips\t: 4000\n")
+    monkeypatch.setattr(capability, "open", lambda path, *a, **kw: builtins.open(cpuinfo, *a, **kw), raising=False)
+    assert capability.cpu_bf16_flags() == ["amx_bf16"]
+    assert capability.cpu_flags(("avx2", "avx512_bf16")) == ["avx2"]
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")     # no flags line (ARM): unknown
+    assert capability.cpu_bf16_flags() is None

@@ -1,4 +1,6 @@
 """Tiling: weights form a partition of unity, and tiled == whole for a local function."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -81,3 +83,40 @@ def test_tiled_with_several_inputs_and_padding_to_multiple():
 def test_tiled_rejects_shape_changing_function():
     with pytest.raises(ValueError, match="keep batch size and spatial size"):
         tiled_apply(lambda t: t[..., ::2, ::2], torch.rand(1, 3, 64, 64), tile=32, overlap=8)
+
+
+# The blend is defined in refusion/inference/tiling.py: within an overlap of `overlap` pixels the
+# incoming tile's weight is 0 for the first `overlap // 4` pixels, then rises as sin^2 sampled at the
+# pixel centres of the middle half, r_k = sin^2(pi/2 * (k + 1/2) / n) with n = overlap - 2 * (overlap // 4),
+# then is 1; the outgoing tile's weight is the mirror image. For tile 16, overlap 8 on a 24-pixel
+# axis the tiles start at 0 and 8 (overlap exactly 8), margin 2, n 4: r_k = sin^2((2k + 1) pi / 16).
+RAMP_8 = [math.sin((2 * k + 1) * math.pi / 16) ** 2 for k in range(4)]   # 0.038, 0.309, 0.691, 0.962
+SECOND_TILE_ALONG_24 = [0.0] * 8 + [0.0, 0.0, *RAMP_8] + [1.0] * 10        # weight of the tile at 8, per pixel
+
+
+def test_blend_weights_are_the_raised_cosine_of_their_definition():
+    first, second = blend_weights_1d(24, 16, 8, 1)
+    want_second = torch.tensor([0.0, 0.0, *RAMP_8] + [1.0] * 10, dtype=torch.float64)
+    want_first = torch.tensor([1.0] * 10 + RAMP_8[::-1] + [0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(second, want_second, rtol=0, atol=1e-12)
+    torch.testing.assert_close(first, want_first, rtol=0, atol=1e-12)
+    # pixel-centre samples: the ramp is symmetric (r_k + r_{n-1-k} = 1), so the sum is one before
+    # any normalisation, and no ramp sample is exactly 0 or 1
+    assert all(0.0 < r < 1.0 for r in RAMP_8) and RAMP_8[0] + RAMP_8[3] == pytest.approx(1.0, abs=1e-15)
+
+
+def test_tiled_global_mean_is_the_blend_of_the_tile_means():
+    # A function that sees the whole tile (receptive field far wider than the overlap): each tile's
+    # output is its own mean, so the tiled result at a pixel is sum_t w_t * mean(tile t), exactly.
+    # On x[i, j] = a*i + b*j the tile starting at (top, left) has mean a*(top + 7.5) + b*(left + 7.5),
+    # and with the weights summing to one along each axis the result is
+    # a*(7.5 + 8 * v[i]) + b*(7.5 + 8 * v[j]), v being the second tile's weight along the axis.
+    a, b = 0.25, 1.0
+    rows = torch.arange(24, dtype=torch.float64).view(24, 1)
+    cols = torch.arange(24, dtype=torch.float64).view(1, 24)
+    x = (a * rows + b * cols).expand(24, 24).reshape(1, 1, 24, 24)
+    tiled = tiled_apply(lambda t: t.mean(dim=(-2, -1), keepdim=True).expand_as(t), x, tile=16, overlap=8,
+                        multiple=8)
+    v = torch.tensor(SECOND_TILE_ALONG_24, dtype=torch.float64)
+    want = a * (7.5 + 8 * v).view(24, 1) + b * (7.5 + 8 * v).view(1, 24)
+    torch.testing.assert_close(tiled[0, 0], want, rtol=0, atol=1e-12)
