@@ -212,6 +212,19 @@ def test_sr_upscale_is_bicubic_interpolate_and_ignored_upscale_setting():
     fails(data, "degradation.scale", "upsamples")
 
 
+@pytest.mark.parametrize("scale", [2, 3])
+def test_stereo_sr_upscale_is_4_whatever_degradation_scale_says(scale):
+    # the official stereo-sr test.py upsamples both views by a 4 written in the script; degradation.scale
+    # is not read for it, so a file that says 2 or 3 still describes a x4 model
+    data = raw("stereo-sr_refusion_test.yml")
+    data["degradation"]["scale"] = scale
+    opts = parse(data, task="stereo-sr")
+    assert (opts.inference.upscale, opts.inference.stereo) == (4, True)
+    assert any("F.interpolate(LQ, scale_factor=4, mode='bicubic')" in step for step in opts.inference.steps)
+    assert not any(f"scale_factor={scale}" in step for step in opts.inference.steps)
+    assert any(f"degradation.scale is {scale}" in note for note in opts.notes)
+
+
 def test_task_from_the_official_path(tmp_path):
     deblur = tmp_path / "codes" / "config" / "deblurring" / "options" / "test" / "ir-sde.yml"
     deblur.parent.mkdir(parents=True)
