@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("refusion.cli.evaluate", "PSNR / SSIM / LPIPS of SDE and regressor runs on the same test pairs"),
     "import": ("refusion.cli.import_official", "import an official checkpoint (+ option file) into a ready folder"),
     "convert": ("refusion.cli.convert", "convert an official checkpoint of a known architecture to a model folder"),
-    "export": ("refusion.cli.export", "export a network to ONNX, checked by ONNX Runtime"),
+    "export": ("refusion.cli.export", "export a network to ONNX or to its official checkpoint format (.pth)"),
     "benchmark": ("refusion.cli.benchmark", "speed and memory on this machine, as JSON"),
     "dataset": ("refusion.cli.dataset", "build an offline paired dataset from bundled photographs"),
     "app": ("refusion.cli.app", "a web page (Gradio) that restores uploaded images with one or more models"),
