@@ -296,3 +296,38 @@ def test_ir_sde_conditional_unet_imports_and_matches_the_official_output(tmp_pat
     with torch.no_grad():
         got = pipe.unet(torch.from_numpy(r["x_t"]), torch.from_numpy(r["cond"]), torch.from_numpy(r["t_vec"]))
     np.testing.assert_allclose(got.numpy(), r["output_t_vec"], atol=2e-5, rtol=0)
+
+
+def sisr_options_for_the_small_network(tmp_path: Path) -> Path:
+    """The official sisr test options (distortion sr, degradation.scale 4) with the network of
+    net_cnafnet_refusion_small.pt, as refusion_small.yml adapts the deshadow file."""
+    options = yaml.safe_load((DATA / "official_options" / "sisr_refusion_test.yml").read_text())
+    options["network_G"]["setting"] = yaml.safe_load((OPTS / "refusion_small.yml").read_text())["network_G"]["setting"]
+    path = tmp_path / "sisr_small.yml"
+    path.write_text(yaml.safe_dump(options))
+    return path
+
+
+def test_sisr_import_upsamples_a_quarter_size_lq_bicubically_to_the_gt_size(tmp_path):
+    out = tmp_path / "sr"
+    result = import_official(out, weights=official(tmp_path, "net_cnafnet_refusion_small"),
+                             options=sisr_options_for_the_small_network(tmp_path))
+    pipe = refusion.load_pipeline(out)
+    assert result.kind == "pipeline" and pipe.config.lq_upscale == 4
+    # the official sisr test feeds the SDE mu = F.interpolate(LQ, scale_factor=4, mode='bicubic')
+    # (align_corners False, nothing clamped): every network call must get that mu. A checkerboard makes
+    # bicubic overshoot [0, 1], so a clamped or otherwise interpolated mu shows.
+    lq = (torch.arange(10)[None, :] + torch.arange(8)[:, None]).remainder(2).float().expand(1, 3, 8, 10).clone()
+    lq[:, 1] *= 0.7
+    upsampled = torch.nn.functional.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)
+    assert upsampled.shape[-2:] == (32, 40) and (upsampled.min() < 0 and upsampled.max() > 1)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _module, args: seen.append(args[1].detach().clone()))
+    try:
+        restored = pipe(lq, num_inference_steps=3, output_type="pt", progress=False,
+                        generator=torch.Generator().manual_seed(2)).images
+    finally:
+        hook.remove()
+    assert restored.shape == (1, 3, 32, 40) and len(seen) == 3
+    for mu in seen:
+        torch.testing.assert_close(mu, upsampled, rtol=0, atol=1e-6)
