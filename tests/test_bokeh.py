@@ -120,6 +120,36 @@ def test_synthetic_bokeh_writes_the_metadata_of_every_pair(dataset, tmp_path):
     assert verify_dataset(dataset) == []
 
 
+def test_synthetic_bokeh_renders_lq_with_the_source_lens_and_gt_with_the_target_lens(tmp_path, monkeypatch):
+    # by definition each pair is one scene (sharp crop, subject) through two lenses at one disparity: LQ
+    # through the meta.txt line's src_lens, GT through its tgt_lens. The sharp crops and subject masks are
+    # recorded as build_dataset draws them (in pair order), and both sides recomputed with render_lens.
+    scenes, subjects = [], []
+    draw_subject = degradations._subject_mask
+    monkeypatch.setattr(degradations, "_subject_mask", lambda *a: subjects.append(draw_subject(*a)) or subjects[-1])
+    render_pair = degradations.RENDERINGS["bokeh"]
+    monkeypatch.setitem(degradations.RENDERINGS, "bokeh",
+                        lambda image, rng, **kw: scenes.append(np.array(image, np.float64)) or render_pair(image, rng, **kw))
+    root = tmp_path / "data"
+    manifest = build_dataset(root, "bokeh", seed=1, size=64, num_train=4, num_val=2, num_test=2)
+    files = manifest["files"]
+    assert len(scenes) == len(subjects) == len(files)
+    # meta.txt lines: "<id>, src_lens, tgt_lens, disparity" (the lens names, which render_lens takes)
+    lines = {(split, line.split(",")[0]): [x.strip() for x in line.split(",")] for split in ("train", "val", "test")
+             for line in (root / split / "meta.txt").read_text().splitlines() if line.strip()}
+    telling = 0
+    for entry, sharp, subject in zip(files, scenes, subjects):
+        _, src, tgt, disparity = lines[(entry["split"], Path(entry["name"]).stem)]
+        assert src != tgt and {src, tgt} <= set(degradations.BOKEH_LENSES)
+        want_lq = degradations.render_lens(sharp, subject, src, float(disparity))
+        want_gt = degradations.render_lens(sharp, subject, tgt, float(disparity))
+        # the PNGs hold 8-bit roundings of the renders
+        np.testing.assert_allclose(read_image(root / entry["lq"]), want_lq, rtol=0, atol=0.5 / 255 + 1e-6)
+        np.testing.assert_allclose(read_image(root / entry["gt"]), want_gt, rtol=0, atol=0.5 / 255 + 1e-6)
+        telling += float(np.abs(want_lq - want_gt).max()) > 2 / 255
+    assert telling >= len(files) // 2   # most pairs tell the two lenses apart, so a swap cannot pass
+
+
 def test_render_lens_blurs_the_background_by_aperture_and_keeps_the_subject():
     rng = np.random.default_rng(0)
     image = rng.random((64, 64, 3)).astype(np.float32)
