@@ -73,6 +73,36 @@ def test_crops_and_flips_cut_both_views_alike_and_a_mirror_swaps_them(tmp_path):
         PairedImageDataset(root / "train/gt", root / "train/lq", use_rot=True, stereo=True)
 
 
+def test_each_lq_view_stays_with_the_gt_view_of_its_side_through_crops_and_flips(tmp_path):
+    # four distinguishable images per pair: independent GT_L and GT_R, and LQ_v = 1 - GT_v for each view v.
+    # Whatever crop and flip an item draws, its LQ must be 1 - its GT channel for channel: the LQ left view
+    # cut and flipped as the GT left view, and never the other side's LQ.
+    rng = np.random.default_rng(3)
+    views = {}
+    for i in range(2):
+        for v in "LR":
+            gt = rng.integers(0, 256, size=(36, 44, 3), dtype=np.uint8)
+            views[(i, v)] = gt
+            for kind, image in (("gt", gt), ("lq", 255 - gt)):
+                (tmp_path / kind).mkdir(exist_ok=True)
+                write_image(tmp_path / kind / f"{i:04d}_{v}.png", image)
+    dataset = PairedImageDataset(tmp_path / "gt", tmp_path / "lq", gt_size=20, use_flip=True, seed=1, stereo=True)
+    windows = lambda a: np.lib.stride_tricks.sliding_window_view(a, (20, 20, 3)).reshape(-1, 20, 20, 3)  # noqa: E731
+    mirrored_seen = set()
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        for index in range(2):
+            item = dataset[index]
+            torch.testing.assert_close(item["lq"], 1 - item["gt"], rtol=0, atol=1e-6)
+            # the GT left view is a window of GT_L (as read) or, mirrored, of the flipped GT_R
+            left = np.rint(item["gt"][:3].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            found = {mirrored for mirrored, source in ((False, views[(index, "L")]), (True, views[(index, "R")][:, ::-1]))
+                     for unflipped in (left, left[::-1]) if (windows(source) == unflipped).all(axis=(1, 2, 3)).any()}
+            assert len(found) == 1
+            mirrored_seen |= found
+    assert mirrored_seen == {False, True}
+
+
 def test_split_and_join_views_are_inverse():
     x = torch.rand(2, 6, 5, 7)
     views = split_views(x)
