@@ -210,6 +210,26 @@ MUTANTS = [
     m("params_ema preferred", "refusion/official/checkpoints.py",
       'WRAPPER_KEYS = ("params", "params_ema", "state_dict")',
       'WRAPPER_KEYS = ("params_ema", "params", "state_dict")', CHECKPOINT_TESTS),
+    # ---------------------------------------------------------------- evaluation protocol
+    m("evaluate ssim ignores crop_border and y channel", "refusion/evaluation/evaluate.py",
+      '"ssim": metrics.ssim(img, gt, **kw)', '"ssim": metrics.ssim(img, gt)', ("tests/test_evaluate_protocol.py",)),
+    # ---------------------------------------------------------------- official option files and imports
+    m("stereo-sr upscale from degradation.scale", "refusion/official/option_reader.py",
+      'scale, fields["upscale"], fields["stereo"], used = 4, 4, True, ("scale",)',
+      'scale, fields["upscale"], fields["stereo"], used = 4, deg.get("scale", 4), True, ("scale",)',
+      ("tests/test_official_options.py::test_stereo_sr_upscale_is_4_whatever_degradation_scale_says",)),
+    m("sisr import without lq_upscale", "refusion/official/importer.py",
+      "autoencoder=autoencoder, lq_upscale=int(upscale))", "autoencoder=autoencoder, lq_upscale=1)",
+      ("tests/test_official_import.py::test_sisr_import_upsamples_a_quarter_size_lq_bicubically_to_the_gt_size",)),
+    # ---------------------------------------------------------------- synthetic bokeh and stereo data
+    m("bokeh sides swapped", "refusion/data/degradations.py",
+      "return render_lens(image, subject, src, level), render_lens(image, subject, tgt, level), (src, tgt, level)",
+      "return render_lens(image, subject, tgt, level), render_lens(image, subject, src, level), (src, tgt, level)",
+      ("tests/test_bokeh.py::test_synthetic_bokeh_renders_lq_with_the_source_lens_and_gt_with_the_target_lens",)),
+    m("stereo LQ views swapped", "refusion/data/paired.py",
+      "return np.concatenate(gts, axis=2), np.concatenate(lqs, axis=2), None",
+      "return np.concatenate(gts, axis=2), np.concatenate(lqs[::-1], axis=2), None",
+      ("tests/test_stereo.py::test_each_lq_view_stays_with_the_gt_view_of_its_side_through_crops_and_flips",)),
 ]
 
 
