@@ -5,7 +5,10 @@ gloo, rendezvous at 127.0.0.1); the reference is the usual 2-process launch on o
 final weights must be equal bit for bit: the two runs have the same two ranks, each rank the same
 seed (seed + rank) and the same share of the data, and gloo's all-reduce of two ranks adds the same
 two gradients in the same order whether the ranks share a machine or not. One thread per process,
-so that no reduction inside a convolution changes its order either.
+so that no reduction inside a convolution changes its order either. Bits, not a tolerance, because
+the code guarantees them on one host: every process builds its network afresh (torch's allocator
+aligns each tensor to 64 bytes, so the same kernels run) and never computes on weights read from a
+file mapping (tests/same_results.py says why that matters).
 """
 import json
 import os
