@@ -111,3 +111,33 @@ def test_command_line(tmp_path, capsys):
         cli.parse_args(["--task", "fog", "--out", str(tmp_path)])
     assert cli.parse_args(["--tasks", "all", "--out", "x"]).tasks == ["shadow", "noise", "blur", "haze", "rain", "lowlight", "sr",
                                                                       "bokeh"]
+
+
+def test_degradation_parameters_replace_the_defaults(built, tmp_path):
+    root, _ = built
+    one_level = build_dataset(tmp_path / "sigma25", "noise", seed=0, params={"sigma": 25}, **SMALL)
+    assert one_level["degradation"]["parameters"] == {"sigma": 25}
+    spread = build_dataset(tmp_path / "range", "noise", seed=0, **SMALL)
+    assert spread["degradation"]["parameters"] == {"sigma": [10.0, 50.0]}
+    # same GT crops, and the LQ noise at one level: its standard deviation is 25/255 wherever nothing clips
+    assert _tree(tmp_path / "sigma25" / "test" / "gt") == _tree(root / "a" / "test" / "gt")
+    gt = read_image(tmp_path / "sigma25" / "test" / "gt" / "coffee_000.png")
+    lq = read_image(tmp_path / "sigma25" / "test" / "lq" / "coffee_000.png")
+    inside = (gt > 0.3) & (gt < 0.7)
+    assert (lq - gt)[inside].std() * 255 == pytest.approx(25, rel=0.15)
+    with pytest.raises(ValueError, match="task 'noise' has no parameter 'sgima'; its parameters are sigma"):
+        build_dataset(tmp_path / "x", "noise", params={"sgima": 25}, **SMALL)
+    assert not (tmp_path / "x").exists()
+
+
+def test_command_line_degradation_parameters(tmp_path):
+    cli = _cli()
+    assert cli.parse_args(["--task", "noise", "--out", "x", "--param", "sigma=25"]).params == {"sigma": 25.0}
+    assert cli.parse_args(["--task", "haze", "--out", "x", "--param", "airlight=0.8,0.9",
+                           "--param", "depth_weight=0.5"]).params == {"airlight": (0.8, 0.9), "depth_weight": 0.5}
+    for bad in ("sigma", "sigma=", "sigma=a", "=3", "sigma=1,2,3"):
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--task", "noise", "--out", "x", "--param", bad])
+    assert cli.main(["--task", "noise", "--out", str(tmp_path / "n"), "--size", "32", "--crops-per-image", "1",
+                     "--param", "sigma=25"]) == 0
+    assert json.loads((tmp_path / "n" / "manifest.json").read_text())["degradation"]["parameters"] == {"sigma": 25.0}

@@ -2,6 +2,7 @@
 
     python tools/make_dataset.py --task shadow --out data/shadow --seed 0
     python tools/make_dataset.py --task all --out data            # data/<task> for every task
+    python tools/make_dataset.py --task noise --param sigma=40 --out data/quickstart   # the demo's set
 
 Layout: OUT/{train,val,test}/{gt,lq}/*.png and OUT/manifest.json (seed, parameters, sha256); the bokeh
 task also writes OUT/{train,val,test}/meta.txt (source lens, target lens, disparity of each pair).
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-test", type=int, default=6, help="test pairs (default 6)")
     parser.add_argument("--crops-per-image", type=int, default=None,
                         help="take this many crops from every photograph instead of the --num-* totals")
+    parser.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                        help="a degradation parameter in place of its default: a number (sigma=25) or a range "
+                             "LOW,HIGH drawn per image (sigma=10,50); repeat for several")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     common.add_shared(parser, "threads", "seed", "no-progress",
                       seed=dict(help="random seed (same seed -> byte-identical dataset; default 0)"))
@@ -40,7 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not tasks:
         parser.error(f"--task {args.tasks!r}: unknown {unknown}; choose from {', '.join(TASKS)} or 'all'")
     args.tasks = tasks
+    try:
+        args.params = dict(_parameter(text) for text in args.params)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
+
+
+def _parameter(text: str) -> tuple[str, float | tuple[float, float]]:
+    """NAME=VALUE or NAME=LOW,HIGH -> (name, number or (low, high))."""
+    name, sep, value = text.partition("=")
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if not sep or not name.strip() or len(numbers) not in (1, 2):
+        raise ValueError(f"--param {text!r}: expected NAME=NUMBER or NAME=LOW,HIGH")
+    return name.strip(), numbers[0] if len(numbers) == 1 else numbers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                            disable=args.no_progress)
         manifest = build_dataset(out, task, seed=args.seed, size=args.size, num_train=args.num_train,
                                  num_val=args.num_val, num_test=args.num_test,
-                                 crops_per_image=args.crops_per_image, overwrite=args.overwrite, progress=bar)
+                                 crops_per_image=args.crops_per_image, params=args.params,
+                                 overwrite=args.overwrite, progress=bar)
         counts = manifest["counts"]
         print(f"{task}: {counts['train']} train / {counts['val']} val / {counts['test']} test pairs of "
               f"{args.size}x{args.size} in '{out}' ({time.perf_counter() - start:.1f} s)")

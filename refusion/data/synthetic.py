@@ -145,6 +145,17 @@ def default_parameters(task: str) -> dict:
             for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
+def task_parameters(task: str, params: dict | None = None) -> dict:
+    """The parameters a dataset of ``task`` is degraded with: the defaults, with ``params`` in place of
+    those it names (JSON-friendly: a (low, high) pair becomes a list, as the manifest stores it)."""
+    parameters = default_parameters(task)
+    unknown = sorted(set(params or {}) - set(parameters))
+    if unknown:
+        raise ValueError(f"task {task!r} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are {', '.join(parameters)}")
+    return {**parameters, **{name: list(v) if isinstance(v, tuple) else v for name, v in (params or {}).items()}}
+
+
 def build_dataset(
     out: str | Path,
     task: str,
@@ -155,16 +166,20 @@ def build_dataset(
     num_val: int = 4,
     num_test: int = 6,
     crops_per_image: int | None = None,
+    params: dict | None = None,
     overwrite: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict:
     """Build `out/{train,val,test}/{gt,lq}` and `out/manifest.json`; returns the manifest.
 
     `num_train/num_val/num_test` crops are spread evenly over each split's photographs, unless
-    `crops_per_image` is given, which takes that many crops from every photograph. The folder is
-    written next to `out` and renamed at the end, so `out` is complete or absent.
+    `crops_per_image` is given, which takes that many crops from every photograph. `params` replaces
+    keyword defaults of the degradation (``{"sigma": 25}`` for noise: one level instead of a range);
+    the manifest lists the parameters used. The folder is written next to `out` and renamed at the
+    end, so `out` is complete or absent.
     """
     function = _task_function(task)
+    parameters = task_parameters(task, params)
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size={size!r}: expected an integer >= 16")
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test), ("crops_per_image", crops_per_image)):
@@ -183,14 +198,14 @@ def build_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
     try:
-        files, metadata = _write_pairs(staging, task, seed, size, jobs, progress)
+        files, metadata = _write_pairs(staging, task, seed, size, jobs, progress, dict(params or {}))
         manifest = {
             "format_version": MANIFEST_VERSION,
             "task": task,
             "seed": seed,
             "size": size,
             "degradation": {"function": f"refusion.data.degradations.{function.__name__}",
-                            "parameters": default_parameters(task)},
+                            "parameters": parameters},
             "sources": {name: {"split": split, "origin": origin} for name, (split, origin, _) in SOURCES.items()},
             "counts": {split: sum(1 for f in files if f["split"] == split) for split in SPLITS},
             "files": files,
@@ -207,7 +222,8 @@ def build_dataset(
     return manifest
 
 
-def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progress) -> tuple[list[dict], dict]:
+def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progress,
+                 params: dict) -> tuple[list[dict], dict]:
     """The image pairs, and for a rendering task each split's meta.txt ({split: {path, sha256}})."""
     photos: dict[str, np.ndarray] = {}
     files = []
@@ -218,10 +234,10 @@ def _write_pairs(root: Path, task: str, seed: int, size: int, jobs: list, progre
         gt = random_crop(photos[photo], size, _rng(seed, "crop", photo, k))
         rng = _rng(seed, "degrade", task, photo, k)
         if task in degradations.RENDERINGS:
-            lq, gt, lens = degradations.RENDERINGS[task](gt, rng)
+            lq, gt, lens = degradations.RENDERINGS[task](gt, rng, **params)
             lines.setdefault(split, []).append(format_lens_line(f"{photo}_{k:03d}", *lens))
         else:
-            lq = degradations.degrade(task, gt, rng)
+            lq = degradations.degrade(task, gt, rng, **params)
         name = f"{photo}_{k:03d}.png"
         gt_path = write_image(root / split / "gt" / name, gt)
         lq_path = write_image(root / split / "lq" / name, lq)
