@@ -19,20 +19,34 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # the paper setting, then the few-step samplers of docs/sampling.md (the Euler sde at 100 steps costs as
 # much as posterior:100 and adds nothing the table needs)
 DEFAULT_SAMPLERS = ("posterior:100", "posterior:20", "mr_sde:10", "mr_ode:10", "mr_ode:5")
+# Degradation parameters of the demo's data where they differ from the task's defaults. Noise: one
+# strong level, sigma 40 on the 0-255 scale, instead of the task's 10-50 range. Over that range the
+# tiny models trained for a minute gained under 7 dB and their outputs stayed speckled; at one level
+# they learn the noise they are tested on, and a strong level is where denoising gains the most
+# (NAFNet about +8 dB over the input at sigma 40, +7 at sigma 25), so the grid shows a restoration.
+DEMO_PARAMS = {"noise": {"sigma": 40.0}}
+
+
+def demo_params(task: str) -> dict:
+    """The degradation parameters the demo builds ``task``'s data with (beyond the task's defaults)."""
+    return dict(DEMO_PARAMS.get(task, {}))
 
 
 def _dataset(root: Path, task: str, seed: int) -> None:
-    from refusion.data.synthetic import build_dataset
+    from refusion.data.synthetic import build_dataset, task_parameters
 
+    params = demo_params(task)
     manifest = root / "manifest.json"
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
-        if meta.get("task") == task and meta.get("seed") == seed:
+        if (meta.get("task") == task and meta.get("seed") == seed
+                and meta.get("degradation", {}).get("parameters") == task_parameters(task, params)):
             print(f"[1/4] dataset: reusing {root} ({meta['counts']})")
             return
     start = time.perf_counter()
-    meta = build_dataset(root, task, seed=seed, overwrite=True)
-    print(f"[1/4] dataset: built {root} from bundled photographs, task {task}, seed {seed}, "
+    meta = build_dataset(root, task, seed=seed, params=params, overwrite=True)
+    levels = "".join(f", {name} {value}" for name, value in params.items())
+    print(f"[1/4] dataset: built {root} from bundled photographs, task {task}{levels}, seed {seed}, "
           f"{meta['counts']} in {time.perf_counter() - start:.1f} s")
 
 
@@ -79,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The demo's own options (`refusion demo` adds the shared ones: --device, --threads, --no-progress)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="noise",
-                        help="synthetic degradation: noise (default: the tiny models learn it in minutes), shadow, blur, "
-                             "haze, rain, lowlight")
+                        help="synthetic degradation: noise (default; sigma 40, which the tiny models learn in a "
+                             "minute), shadow, blur, haze, rain, lowlight")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset, the trainings and the noise "
                                                             "(default 0)")
     parser.add_argument("--data", type=Path, default=Path("data/quickstart"))
