@@ -86,17 +86,22 @@ def test_demo_restores_better_than_its_input_and_reports_what_it_wrote(tmp_path,
     for method in SDE_ROWS:
         assert rows[method]["psnr"] > base["psnr"] + 2.0, (method, rows[method]["psnr"], base["psnr"])
         assert rows[method]["ssim"] > base["ssim"] + 0.05, (method, rows[method]["ssim"], base["ssim"])
-    if lpips_installed():                # then every row carries LPIPS, and the models lower it
+    with_lpips = lpips_installed()
+    if with_lpips:                       # then every row carries LPIPS, and the models lower it
         assert all(isinstance(row["lpips"], float) and 0.0 <= row["lpips"] <= 1.5 for row in rows.values())
         assert rows["quickstart_nafnet"]["lpips"] < base["lpips"] - 0.03
         assert min(rows[m]["lpips"] for m in SDE_ROWS) < base["lpips"]
     else:
         assert all(row["lpips"] is None for row in rows.values())
 
-    # steps_vs_quality needs a sampler at two step counts: mr_ode at 2 and 1
-    for key in ("md", "csv", "json", "psnr_vs_lpips", "steps_vs_quality", "grid"):
+    # steps_vs_quality needs a sampler at two step counts: mr_ode at 2 and 1; the PSNR-vs-LPIPS plot
+    # needs LPIPS, and without it the report leaves it out rather than draw an empty axis
+    written = ["md", "csv", "json", "steps_vs_quality", "grid"] + (["psnr_vs_lpips"] if with_lpips else [])
+    for key in written:
         path = result["artefacts"][key]
         assert path.is_file() and path.stat().st_size > 0, key
+    if not with_lpips:
+        assert result["artefacts"].get("psnr_vs_lpips") is None and not (out / "psnr_vs_lpips.png").exists()
     saved = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["psnr"]) for r in saved["rows"]] == [(m, r["psnr"]) for m, r in rows.items()]
     table = (out / "results.md").read_text()
