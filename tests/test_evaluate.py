@@ -169,6 +169,7 @@ def test_two_processes_give_the_table_of_one(runs, tmp_path):
     two = subprocess.run(launch + args + [str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "terminate called" not in two.stderr          # the processes ended together, none aborted at exit
     assert two.stdout.count("| Method |") == 1                       # the main process alone reports
     rows = {name: json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("one", "two")}
     assert without_timings(rows["two"]) == without_timings(rows["one"])

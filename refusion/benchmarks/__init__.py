@@ -17,5 +17,6 @@ fresh processes for peak-RSS measurements are module-level and addressed as
 - posterior: sample_posterior's K samples as network batches against K separate sample calls.
 - contention: a training step and a restore alone and next to a 2-thread CPU process, per thread setting.
 - app_start: seconds from `refusion app` starting to its first page; `refusion --help` and `app --help`.
+- clean_exits: how many two-process launches of `refusion restore` / `refusion evaluate` end non-zero.
 - gpu_check: the CUDA check of `refusion gpu-check` (cuda tests, DDP on one GPU, compile, figures).
 """

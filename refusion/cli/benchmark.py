@@ -36,6 +36,7 @@ BENCHMARKS = {
     "block_ops": "block_ops:bench_block_ops", "layers": "layers:bench_layers", "official": "official:bench_official",
     "ensemble": "ensemble:bench_ensemble", "posterior": "posterior:bench_posterior",
     "contention": "contention:bench_contention", "app_start": "app_start:bench_app_start",
+    "clean_exits": "clean_exits:bench_clean_exits",
 }
 
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave glibc malloc alone in this process (the library tunes it on CPU by default)")
     parser.add_argument("--networks", nargs="+", metavar="NAME",
                         help="networks benchmark: only these (names of refusion.benchmarks.common.NETWORKS)")
+    parser.add_argument("--launches", type=int, default=None, metavar="N",
+                        help="clean_exits benchmark: two-process launches per command (default 50; 2 with --smoke)")
     common.add_shared(parser, "threads")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.launches is not None and args.launches < 1:
+        parser.error(f"--launches must be >= 1, got {args.launches}")
     common.apply_shared(parser, args)
     from refusion.benchmarks import perf
     from refusion.benchmarks.common import NETWORKS
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {"full": args.full, "smoke": args.smoke, "repeats": args.repeats, "compile": args.compile or args.full,
              "onnx": args.onnx,
              "run": args.run, "regressor_run": args.regressor_run, "images": args.images,
-             "networks": args.networks, "results": {}}
+             "networks": args.networks, "launches": args.launches, "results": {}}
     settings = {**{k: v for k, v in state.items() if k != "results"}, "malloc_tuned": malloc_tuned}
     report = {"machine": perf.machine_info(), "settings": settings,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "benchmarks": state["results"], "seconds": {}}

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.device = str(common.apply_shared(parser, args))
     from refusion.evaluation.evaluate import evaluate_runs   # after --help: it imports torch
+    from refusion.inference.processes import end_processes
 
     try:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:   # bad runs, pairs or lens metadata: one line, no traceback
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
+    # the work is done on every process (the main one has written the report): they meet and the process
+    # group ends now rather than at interpreter exit, where tearing it down can abort a finished launch;
+    # an exception above skips this, so a failing process exits at once and the launch ends non-zero
+    end_processes()
     if result is None:   # a process other than the main one of `accelerate launch`: the main one reports
         return 0
     print((args.out / "results.md").read_text())

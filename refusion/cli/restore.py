@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from refusion.inference.ensemble import check_ensemble_network
     from refusion.inference.loading import default_tlc, is_stereo
     from refusion.inference.pipeline import RefusionPipeline
+    from refusion.inference.processes import end_processes
     from refusion.inference.workers import worker_models
 
     try:
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 print(f"restore: error: cannot write --summary {str(args.summary)!r}: {exc}", file=sys.stderr)
                 status = 1
+    # every process has its records (the exit status is the same on all): they meet and the process group
+    # ends here, not at interpreter exit, where tearing it down can abort a finished launch; an exception
+    # above skips this, so a failing process exits at once and the launch ends non-zero
+    end_processes()
     return status
 
 

@@ -7,8 +7,17 @@ depend on how many processes there are. The per-item results come back in list o
     state = process_state(device)          # before anything else that asks accelerate about processes
     done = [(index, work(item)) for index, item in process_share(items, state)]
     results = gather_in_order(done)        # on every process: all items' results, in item order
+    end_processes()                        # once the work is done: the processes meet, the group ends
 
 A plain ``python`` run is a single process: its share is the whole list and gathering returns it.
+
+Ending: a command that started the process group ends it itself (`end_processes`) rather than leave
+it to the interpreter's exit, which tears the gloo group and its threads down in no set order: a
+process was seen to abort there (SIGABRT, "terminate called without an active exception") after all
+its work was done, failing a launch that had succeeded. A process that fails does not meet the others:
+it exits with its error, and `accelerate launch` (torchrun) then ends the other processes and exits
+non-zero, instead of one waiting at a barrier it alone reached. So `end_processes` is called after
+the work, not in a ``finally``.
 """
 from __future__ import annotations
 
@@ -48,6 +57,26 @@ def gather_in_order(done: Sequence[tuple[int, Any]]) -> list:
     """Every process's [(index, result)] -> all results ordered by index, on every process."""
     gathered = gather_object(list(done))
     return [result for _, result in sorted(gathered, key=lambda pair: pair[0])]
+
+
+def end_processes(state: PartialState | None = None) -> None:
+    """After the work of every process: wait for the others, then destroy the default process group.
+
+    The barrier comes first so that no process tears down its end of the group (rank 0 also holds the
+    rendezvous store) while another still has a collective or its own teardown under way. Nothing to do
+    in a plain run, or when the group has already ended.
+
+    Call it once the work is done, never on the way out of an exception: the other processes may be
+    waiting in a collective that this one will never join, and a barrier here would wait for them as
+    long as the state's timeout (a day for restore and evaluate). A failing process exits with its error
+    at once instead, which is what ends a launch: torchrun stops the other processes when one fails, and
+    one blocked in a collective with it sees the connection close.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    state = state or PartialState()   # the shared state that started the group
+    state.wait_for_everyone()         # a barrier on the group's own device (gloo on CPU, each GPU with NCCL)
+    state.destroy_process_group()
 
 
 def process_device(device: str, state: PartialState | None = None) -> str:
