@@ -24,6 +24,7 @@ from refusion.data.image_io import write_image
 from refusion.models import StereoNAFNet
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from test_multiprocess import TIMEOUT_S, free_port
+from same_results import assert_same_folders, assert_same_images
 from test_restore_cli import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,11 +53,11 @@ def sde_args(photos: Path, out: Path, run: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_process(photos, sde_run, tmp_path_factory) -> dict[str, bytes]:
-    """Output bytes of a plain one-process run (torch on one thread, as in each launched process)."""
+def one_process(photos, sde_run, tmp_path_factory) -> Path:
+    """The output folder of a plain one-process run (torch on one thread, as in each launched process)."""
     out = tmp_path_factory.mktemp("one") / "out"
     assert restore_tool.main(sde_args(photos, out, sde_run, "--no-progress")) == 0
-    return {p.name: p.read_bytes() for p in out.iterdir()}
+    return out
 
 
 def launch(*command: str) -> subprocess.CompletedProcess:
@@ -83,13 +84,14 @@ def test_two_processes_write_each_image_once_as_one_process_does(photos, sde_run
     result = launch("-m", "refusion", "restore", *sde_args(photos, out, sde_run, "--summary", str(summary)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "terminate called" not in result.stderr       # the processes ended together, none aborted at exit
-    assert files(out) == one_process                                  # same bytes, nothing else in the folder
+    assert_same_folders(out, one_process)                             # same images, nothing else in the folder
     document = json.loads(summary.read_text())
     images = document["images"]
-    assert [Path(e["input"]).name for e in images] == sorted(one_process)     # every image once, input order
+    names = sorted(files(one_process))
+    assert [Path(e["input"]).name for e in images] == names               # every image once, input order
     assert {e["rank"] for e in images} == {0, 1} and [e["rank"] for e in images].count(1) == 2
     assert {e["status"] for e in images} == {"restored"}
-    assert [Path(e["output"]).name for e in images] == sorted(one_process)
+    assert [Path(e["output"]).name for e in images] == names
     assert document["processes"] == 2 and document["totals"]["restored"] == 5
     assert document["settings"]["steps"] == int(STEPS) and document["settings"]["sampler"] == "mr_sde"
     assert result.stdout.count("5 of 5 images restored") == 1          # counted over both processes, printed once
@@ -133,16 +135,18 @@ def test_a_killed_run_leaves_no_partial_image_and_skip_existing_completes_it(pho
     finished = {name: data for name, data in left.items() if not name.startswith(".")}
     assert "img3.png" in finished and "img4.png" not in finished
     assert [name for name in left if name.startswith(".img4.png.") and name.endswith(".partial")]
-    assert finished == {name: one_process[name] for name in finished}    # every final name holds a whole image
+    for name in finished:                                                # every final name holds a whole image
+        assert_same_images(out / name, one_process / name)
     before = {name: (out / name).stat().st_ino for name in finished}
 
     summary = out / "summary.json"
     code = restore_tool.main(sde_args(photos, out, sde_run, "--no-progress", "--skip-existing",
                                       "--summary", str(summary)))
     assert code == 0
-    assert files(out) == {**one_process, "summary.json": summary.read_bytes()}   # no temporary left
     statuses = {name: entry["status"] for name, entry in entries(summary).items()}
-    assert statuses == {name: "skipped-existing" if name in finished else "restored" for name in one_process}
+    assert statuses == {name: "skipped-existing" if name in finished else "restored" for name in files(one_process)}
+    summary.unlink()
+    assert_same_folders(out, one_process)                             # every image, no temporary left
     assert {name: (out / name).stat().st_ino for name in finished} == before    # skipped files untouched
     assert f"{5 - len(finished)} of 5 images restored" in capsys.readouterr().out
 
@@ -175,7 +179,7 @@ def test_skip_existing_takes_a_stereo_pair_only_when_both_views_exist(tmp_path, 
     summary = tmp_path / "reports" / "summary.json"
     code = restore_tool.main([str(views), "-o", str(out), *args, "--skip-existing", "--summary", str(summary)])
     assert code == 0
-    assert files(out) == full
+    assert_same_folders(out, tmp_path / "full")
     assert {name: (out / name).stat().st_ino for name in kept} == kept
     assert (out / "0001_L.png").stat().st_ino != lone_view             # the pair is restored again, both views
     statuses = {name: entry["status"] for name, entry in entries(summary).items()}
