@@ -230,6 +230,15 @@ MUTANTS = [
       "return np.concatenate(gts, axis=2), np.concatenate(lqs, axis=2), None",
       "return np.concatenate(gts, axis=2), np.concatenate(lqs[::-1], axis=2), None",
       ("tests/test_stereo.py::test_each_lq_view_stays_with_the_gt_view_of_its_side_through_crops_and_flips",)),
+    # ---------------------------------------------------------------- validation during training
+    m("resume forgets the best psnr", "refusion/training/engine.py",
+      '    run.best_psnr = float("-inf") if best is None else float(best)', '    run.best_psnr = float("-inf")',
+      ("tests/test_training_validation.py::"
+       "test_resume_keeps_the_best_psnr_and_best_weights_of_the_uninterrupted_run",)),
+    m("autoencoder validation decodes with the GT skips", "refusion/training/objectives.py",
+      "return model.decode(latent_gt, model.encode(lq)[1])", "return model.decode(latent_gt, model.encode(gt)[1])",
+      ("tests/test_training_validation.py::"
+       "test_latent_autoencoder_validation_scores_the_gt_latent_decoded_with_the_lq_skips",)),
 ]
 
 
