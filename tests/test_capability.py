@@ -25,6 +25,8 @@ def small_net():
 
 
 def test_flags_decide_where_cpuinfo_lists_them(monkeypatch):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):     # a cap in the caller's environment decides first
+        monkeypatch.delenv(name, raising=False)
     capability._cpu_native_bf16.cache_clear()
     monkeypatch.setattr(capability, "cpu_bf16_flags", lambda: [])
     assert capability._cpu_native_bf16() is False
