@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 
 from refusion.benchmarks.app_start import stop_server
+from refusion.benchmarks.ports import free_port
 from refusion.cli import app as app_cli
 from refusion.cli.app_service import AppInputError, AppService, Limits, Settings, metrics_markdown
 from refusion.data.image_io import image_bit_depth, read_image, write_image
@@ -321,12 +321,6 @@ def test_loopback_addresses():
 # A real server on a free loopback port: gradio_client, then the page in Chromium
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
     pytest.importorskip("gradio", reason="the web app needs Gradio (pip install -e '.[app]')")
@@ -334,7 +328,7 @@ def server(model_dirs, tmp_path_factory):
     cwd, tmp = base / "cwd", base / "tmp"
     cwd.mkdir()
     tmp.mkdir()
-    port = _free_port()
+    port = free_port()
     # torch makes its (empty) compile cache folder at import, in TMPDIR unless told: not the app's doing
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp),
            "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -1,6 +1,5 @@
 """Two real processes on CPU under `accelerate launch --multi_gpu` (see FACTS: accelerate on CPU)."""
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -9,18 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from refusion.benchmarks.ports import free_port
 from refusion.training import train
 from refusion.training.run_dir import list_checkpoints, verify_checkpoint
 from test_training import make_pairs, one_thread, tiny_recipe_dict  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 240  # a hang (one process waiting forever for the other) fails here instead of in CI
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(script: Path, recipe: Path, *extra: str) -> subprocess.CompletedProcess:

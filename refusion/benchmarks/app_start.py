@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from refusion.benchmarks.ports import free_port
 
 PAGE_TIMEOUT_S = 120.0
 POLL_S = 0.02
@@ -42,12 +43,6 @@ def save_tiny_model(folder: Path) -> Path:
     path = folder / "tiny_sde"
     RefusionPipeline(unet=unet, scheduler=IRSDEScheduler(num_train_timesteps=20)).save_pretrained(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_first_page(command: list[str], model: Path, workdir: Path) -> float:

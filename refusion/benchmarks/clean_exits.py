@@ -13,7 +13,6 @@ launches that finished (each command's "runs").
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,17 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from refusion.benchmarks.ports import free_port
+
 LAUNCHES = 50
 SMOKE_LAUNCHES = 2
 LAUNCH_TIMEOUT_S = 300.0   # a launch that hangs counts as unclean instead of stopping the benchmark
 TAIL_CHARS = 2000
 ABORT = "terminate called"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_inputs(folder: Path) -> dict[str, Path]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Callable
+
+from refusion.benchmarks.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # seconds each step is expected to need on one GPU (8 minutes in all); the tests are stopped at theirs
@@ -91,12 +92,6 @@ def _cuda_tests(out_dir: Path) -> dict:
             "not_passed": problems, "exit_status": proc.returncode, "output_tail": proc.stdout[-1500:]}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_one_gpu(out_dir: Path) -> dict:
     return ddp_matches_one_process("cuda", out_dir)
 
@@ -109,7 +104,7 @@ def ddp_matches_one_process(device_type: str, out_dir: Path) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / "ddp_rank0.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), device_type, str(weights_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), device_type, str(weights_path)), nprocs=2, join=True)
     ddp = torch.load(weights_path, map_location="cpu", weights_only=True)
     single = _train_steps(_device(device_type), rank=0, world=1)
     worst = max((ddp[k] - single[k]).abs().max().item() for k in single)
