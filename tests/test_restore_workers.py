@@ -21,7 +21,7 @@ from refusion.inference import threads
 from refusion.inference.processes import process_state
 from refusion.inference.workers import map_workers, worker_models
 from refusion.models import NAFNet
-from same_results import assert_same_folders
+from same_results import assert_same_folders, assert_same_state
 from test_restore_cli import make_run
 
 
@@ -147,8 +147,7 @@ def test_worker_models_are_copies_with_the_same_weights_and_a_share_of_the_threa
     params = [{id(p) for p in m.parameters()} for m in models]
     assert not params[0] & params[1] and not params[1] & params[2]
     for copy in models[1:]:
-        for (name, a), (_, b) in zip(net.state_dict().items(), copy.state_dict().items()):
-            assert torch.equal(a, b), name
+        assert_same_state(copy, net)                   # deep copies: the same bits
     assert worker_models(net, jobs=5, largest_pixels=64 * 64, workers=None, cpu=False) == ([net], None)
 
 
