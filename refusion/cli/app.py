@@ -171,30 +171,54 @@ def _error(message: str, when: str = "Not restored") -> str:
 
 def build_app(service: AppService, defaults: Settings | None = None):
     """The Gradio Blocks of the page (not launched)."""
+    # Gradio reads this when it is first imported: here, before the helpers below import it too
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from refusion.cli.app_service import (COLOR_FIX_CHOICES, SAMPLE_DEGRADATIONS, AppInputError, Settings,
-                                          metrics_markdown, preview, read_upload, uncertainty_map)
-    from refusion.data.image_io import IMAGE_EXTENSIONS
-    from refusion.data.synthetic import SOURCES
+    from refusion.cli.app_service import Settings
 
     defaults = defaults or Settings()
+    handlers = _page_handlers(service, defaults)
+    with gr.Blocks(title="refusion", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        page = _page_layout(service, defaults, _first_controls(service, defaults))
+        _wire_events(demo, page, handlers)
+    return demo
+
+
+def _sde_controls(service: AppService, defaults: Settings, name: str) -> dict:
+    """The sampler / steps / seed / posterior samples controls for a model (hidden for a regressor)."""
+    entry = service.model(name)
+    sde = entry.kind == "sde"
+    top = min(entry.full_steps, service.limits.max_steps) if sde else 1
+    value = min(defaults.steps or top, top)
+    steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
+    return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
+            "steps": dict(**steps, visible=sde),
+            "seed": dict(visible=sde), "samples": dict(visible=sde), "about": entry.describe()}
+
+
+def _first_controls(service: AppService, defaults: Settings) -> dict:
+    """The controls the page is built with: the first model's, with the ranges every model admits."""
     names = list(service.models)
+    first = _sde_controls(service, defaults, names[0])
+    # the server checks a request's values against the controls it was built with: they admit what any
+    # model takes (a request is checked against its own model by the service), the page narrows them
+    every_sampler = list(dict.fromkeys(s for m in service.models.values() for s in m.samplers))
+    most_steps = max(_sde_controls(service, defaults, name)["steps"]["maximum"] for name in names)
+    first["sampler"]["choices"] = every_sampler
+    first["steps"].update(minimum=min(1, first["steps"]["minimum"]), maximum=most_steps)
+    return first
 
-    def sde_controls(name: str) -> dict:
-        """The sampler / steps / seed / posterior samples controls for a model (hidden for a regressor)."""
-        entry = service.model(name)
-        sde = entry.kind == "sde"
-        top = min(entry.full_steps, service.limits.max_steps) if sde else 1
-        value = min(defaults.steps or top, top)
-        steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
-        return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
-                "steps": dict(**steps, visible=sde),
-                "seed": dict(visible=sde), "samples": dict(visible=sde), "about": entry.describe()}
 
+def _page_handlers(service: AppService, defaults: Settings) -> SimpleNamespace:
+    """The functions the page's events call: a model chosen, an image uploaded, a sample asked for."""
+    import gradio as gr
+
+    from refusion.cli.app_service import AppInputError, preview, read_upload
+
+    # Gradio names each event's API endpoint after its function: the names stay on_model, on_input, ...
     def on_model(name: str):
-        c = sde_controls(name)
+        c = _sde_controls(service, defaults, name)
         return (gr.Dropdown(**c["sampler"]), gr.Slider(**c["steps"]), gr.Number(**c["seed"]), gr.Slider(**c["samples"]),
                 c["about"])
 
@@ -215,6 +239,16 @@ def build_app(service: AppService, defaults: Settings | None = None):
             return gr.File(), gr.File(), _error(str(exc), "No sample")
         return str(lq), str(gt), ""
 
+    return SimpleNamespace(on_model=on_model, on_input=on_input, on_sample=on_sample,
+                           on_restore=_restore_handler(service))
+
+
+def _restore_handler(service: AppService):
+    """The function the Restore button calls: status, before / after, result file, metrics, std map."""
+    import gradio as gr
+
+    from refusion.cli.app_service import AppInputError, Settings, metrics_markdown, preview, uncertainty_map
+
     def on_restore(model_name, lq_path, gt_path, sampler, steps, tile, seed, half, color_fix="off", self_ensemble=False,
                    samples=1, progress=gr.Progress()):
         def on_step(done: int, total: int) -> None:
@@ -234,63 +268,91 @@ def build_app(service: AppService, defaults: Settings | None = None):
         std = None if result.std is None else preview(uncertainty_map(result.std), size=after.shape[:2])
         return result.summary, (before, after), str(result.path), metrics_markdown(result.metrics), std
 
-    first = sde_controls(names[0])
-    # the server checks a request's values against the controls it was built with: they admit what any
-    # model takes (a request is checked against its own model by the service), the page narrows them
-    every_sampler = list(dict.fromkeys(s for m in service.models.values() for s in m.samplers))
-    most_steps = max(sde_controls(name)["steps"]["maximum"] for name in names)
-    first["sampler"]["choices"] = every_sampler
-    first["steps"].update(minimum=min(1, first["steps"]["minimum"]), maximum=most_steps)
-    with gr.Blocks(title="refusion", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
-        gr.Markdown("# refusion: image restoration\nUpload an image (PNG, JPEG, TIFF, BMP, WebP; 8 or 16 bit; "
-                    f"at most {service.limits.max_pixels / 1e6:g} megapixels) or use a sample photograph, then "
-                    "press **Restore**.")
-        with gr.Row():
-            with gr.Column():
-                model = gr.Dropdown(names, value=names[0], label="model", elem_id="model", interactive=len(names) > 1)
-                about = gr.Markdown(first["about"], elem_id="about")
-                lq_file = gr.File(label="image to restore", file_types=list(IMAGE_EXTENSIONS), elem_id="lq-file")
-                with gr.Row():
-                    sample = gr.Dropdown(list(SOURCES), value="coffee", label="sample photograph")
-                    degradation = gr.Dropdown(list(SAMPLE_DEGRADATIONS), value="noise", label="degraded with")
-                    use_sample = gr.Button("Use sample", elem_id="use-sample")
-                gt_file = gr.File(label="ground truth, optional (PSNR and LPIPS)", file_types=list(IMAGE_EXTENSIONS),
-                                  elem_id="gt-file")
-                lq_view = gr.Image(label="input", interactive=False, format="png", height=240, buttons=["fullscreen"],
-                                   elem_id="lq-view")
-                sampler = gr.Dropdown(label="sampler", elem_id="sampler", **first["sampler"])
-                steps = gr.Slider(label="steps", step=1, elem_id="steps", **first["steps"])
-                samples = gr.Slider(minimum=1, maximum=max(2, service.limits.max_samples), step=1, value=1,
-                                    label="posterior samples K (K > 1: the result is their mean, with an uncertainty "
-                                          "map; a stochastic sampler such as mr_sde; K times the time)",
-                                    elem_id="samples", **first["samples"])
-                seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="seed", elem_id="seed", **first["seed"])
-                tile = gr.Number(value=defaults.tile or 0, precision=0, minimum=0,
-                                 label="tile size in pixels (0: the whole image at once)", elem_id="tile")
-                half = gr.Checkbox(value=defaults.half, label="half precision (bfloat16 on CPU, float16 on CUDA)",
-                                   elem_id="half")
-                color_fix = gr.Radio(list(COLOR_FIX_CHOICES), value=defaults.color_fix or "off", elem_id="color-fix",
-                                     label="colour fix: the input's colours under the result's detail (adain: "
-                                           "per-channel mean and std; wavelet: low frequencies)")
-                self_ensemble = gr.Checkbox(value=defaults.self_ensemble, elem_id="self-ensemble",
-                                            label="x8 self-ensemble: average over flips and rotations (8x the time)")
-                run = gr.Button("Restore", variant="primary", elem_id="restore")
-            with gr.Column():
-                status = gr.Markdown(elem_id="status")
-                compare = gr.ImageSlider(label="before / after", interactive=False, format="png", elem_id="compare")
-                result_file = gr.File(label="restored image, full resolution", interactive=False, elem_id="result-file")
-                std_map = gr.Image(label="uncertainty: std over the K samples (black 0, yellow 0.1 and above)",
-                                   interactive=False, format="png", elem_id="std-map")
-                scores = gr.Markdown(elem_id="metrics")
+    return on_restore
 
-        demo.load(on_model, inputs=model, outputs=[sampler, steps, seed, samples, about], queue=False)
-        model.change(on_model, inputs=model, outputs=[sampler, steps, seed, samples, about], queue=False)
-        lq_file.change(on_input, inputs=lq_file, outputs=[lq_view, status], queue=False)
-        use_sample.click(on_sample, inputs=[sample, degradation], outputs=[lq_file, gt_file, status], queue=False)
-        run.click(on_restore,
-                  inputs=[model, lq_file, gt_file, sampler, steps, tile, seed, half, color_fix, self_ensemble, samples],
-                  outputs=[status, compare, result_file, scores, std_map], api_name="restore")
-    return demo
+
+def _page_layout(service: AppService, defaults: Settings, first: dict) -> SimpleNamespace:
+    """The page's components, inside the Blocks being built: a title, the inputs and settings on the
+    left, the results on the right."""
+    import gradio as gr
+
+    gr.Markdown("# refusion: image restoration\nUpload an image (PNG, JPEG, TIFF, BMP, WebP; 8 or 16 bit; "
+                f"at most {service.limits.max_pixels / 1e6:g} megapixels) or use a sample photograph, then "
+                "press **Restore**.")
+    with gr.Row():
+        with gr.Column():
+            inputs = _input_components(service, defaults, first)
+        with gr.Column():
+            results = _result_components()
+    return SimpleNamespace(**vars(inputs), **vars(results))
+
+
+def _input_components(service: AppService, defaults: Settings, first: dict) -> SimpleNamespace:
+    """The left column: model, upload or sample, ground truth, the input's preview, settings, Restore."""
+    import gradio as gr
+
+    from refusion.cli.app_service import COLOR_FIX_CHOICES, SAMPLE_DEGRADATIONS
+    from refusion.data.image_io import IMAGE_EXTENSIONS
+    from refusion.data.synthetic import SOURCES
+
+    names = list(service.models)
+    c = SimpleNamespace()
+    c.model = gr.Dropdown(names, value=names[0], label="model", elem_id="model", interactive=len(names) > 1)
+    c.about = gr.Markdown(first["about"], elem_id="about")
+    c.lq_file = gr.File(label="image to restore", file_types=list(IMAGE_EXTENSIONS), elem_id="lq-file")
+    with gr.Row():
+        c.sample = gr.Dropdown(list(SOURCES), value="coffee", label="sample photograph")
+        c.degradation = gr.Dropdown(list(SAMPLE_DEGRADATIONS), value="noise", label="degraded with")
+        c.use_sample = gr.Button("Use sample", elem_id="use-sample")
+    c.gt_file = gr.File(label="ground truth, optional (PSNR and LPIPS)", file_types=list(IMAGE_EXTENSIONS),
+                        elem_id="gt-file")
+    c.lq_view = gr.Image(label="input", interactive=False, format="png", height=240, buttons=["fullscreen"],
+                         elem_id="lq-view")
+    c.sampler = gr.Dropdown(label="sampler", elem_id="sampler", **first["sampler"])
+    c.steps = gr.Slider(label="steps", step=1, elem_id="steps", **first["steps"])
+    c.samples = gr.Slider(minimum=1, maximum=max(2, service.limits.max_samples), step=1, value=1,
+                          label="posterior samples K (K > 1: the result is their mean, with an uncertainty "
+                                "map; a stochastic sampler such as mr_sde; K times the time)",
+                          elem_id="samples", **first["samples"])
+    c.seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="seed", elem_id="seed", **first["seed"])
+    c.tile = gr.Number(value=defaults.tile or 0, precision=0, minimum=0,
+                       label="tile size in pixels (0: the whole image at once)", elem_id="tile")
+    c.half = gr.Checkbox(value=defaults.half, label="half precision (bfloat16 on CPU, float16 on CUDA)",
+                         elem_id="half")
+    c.color_fix = gr.Radio(list(COLOR_FIX_CHOICES), value=defaults.color_fix or "off", elem_id="color-fix",
+                           label="colour fix: the input's colours under the result's detail (adain: "
+                                 "per-channel mean and std; wavelet: low frequencies)")
+    c.self_ensemble = gr.Checkbox(value=defaults.self_ensemble, elem_id="self-ensemble",
+                                  label="x8 self-ensemble: average over flips and rotations (8x the time)")
+    c.run = gr.Button("Restore", variant="primary", elem_id="restore")
+    return c
+
+
+def _result_components() -> SimpleNamespace:
+    """The right column: status, before / after slider, result file, uncertainty map, metrics."""
+    import gradio as gr
+
+    return SimpleNamespace(
+        status=gr.Markdown(elem_id="status"),
+        compare=gr.ImageSlider(label="before / after", interactive=False, format="png", elem_id="compare"),
+        result_file=gr.File(label="restored image, full resolution", interactive=False, elem_id="result-file"),
+        std_map=gr.Image(label="uncertainty: std over the K samples (black 0, yellow 0.1 and above)",
+                         interactive=False, format="png", elem_id="std-map"),
+        scores=gr.Markdown(elem_id="metrics"))
+
+
+def _wire_events(demo, page: SimpleNamespace, handlers: SimpleNamespace) -> None:
+    """What each event of the page calls, with which components in and out."""
+    p, h = page, handlers
+    demo.load(h.on_model, inputs=p.model, outputs=[p.sampler, p.steps, p.seed, p.samples, p.about], queue=False)
+    p.model.change(h.on_model, inputs=p.model, outputs=[p.sampler, p.steps, p.seed, p.samples, p.about], queue=False)
+    p.lq_file.change(h.on_input, inputs=p.lq_file, outputs=[p.lq_view, p.status], queue=False)
+    p.use_sample.click(h.on_sample, inputs=[p.sample, p.degradation], outputs=[p.lq_file, p.gt_file, p.status],
+                       queue=False)
+    p.run.click(h.on_restore,
+                inputs=[p.model, p.lq_file, p.gt_file, p.sampler, p.steps, p.tile, p.seed, p.half, p.color_fix,
+                        p.self_ensemble, p.samples],
+                outputs=[p.status, p.compare, p.result_file, p.scores, p.std_map], api_name="restore")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ def benchmark_function(name: str):
     return getattr(importlib.import_module(f"refusion.benchmarks.{module}"), function)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmarks", nargs="*", help=f"any of: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--out", type=Path, help="write the JSON here")
@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launches", type=int, default=None, metavar="N",
                         help="clean_exits benchmark: two-process launches per command (default 50; 2 with --smoke)")
     common.add_shared(parser, "threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
     if unknown:

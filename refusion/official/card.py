@@ -26,6 +26,14 @@ def _value(value) -> str:
 
 
 def write_model_card(folder: Path, result, opts) -> None:
+    """folder/README.md for an import's result and its option file (``opts``, None when none was given)."""
+    sections = [_header(result), _options(opts), _architecture(result), _sde(result, opts), _inference(result, opts),
+                _usage(result), ["## Licence", "", _licence(result, opts), ""]]
+    (folder / "README.md").write_text("\n".join(line for section in sections for line in section))
+
+
+def _header(result) -> list[str]:
+    """The title, what the folder holds, and the source files with their sha256."""
     lines = [f"# {result.network} imported from {Path(next(iter(result.sources))).name}", ""]
     kind = ("a RefusionPipeline folder (noise network + scheduler" +
             (" + autoencoder)" if "autoencoder" in result.given else ")")) if result.kind == "pipeline" \
@@ -33,21 +41,28 @@ def write_model_card(folder: Path, result, opts) -> None:
     lines += [f"This folder is {kind}, written by `refusion import`. {result.num_parameters:,} parameters.", ""]
     lines += ["## Sources", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{path}` | `{digest}` |" for path, digest in result.sources.items()]
-    lines += [""]
-    if opts is not None:
-        lines += ["## Options", "", f"- file: `{opts.source}` ({opts.style} style, task `{opts.task}`, "
-                  f"model `{opts.model_type}`, network `{opts.network.official_type}`)"]
-        if opts.ignored:
-            lines.append(f"- ignored ({len(opts.ignored)} keys: dataset paths, training-only settings): "
-                         + ", ".join(f"`{k}`" for k in list(opts.ignored)[:12])
-                         + (" ..." if len(opts.ignored) > 12 else ""))
-        if opts.unknown:
-            lines.append("- not understood (check them): " + ", ".join(f"`{k}`" for k in opts.unknown))
-        lines.append("")
-    else:
-        lines += ["## Options", "", "none given: the architecture comes from the weights alone.", ""]
-    lines += ["## Architecture", "", f"`refusion.models.{result.network}`", "",
-              "| argument | value | from |", "|---|---|---|"]
+    return lines + [""]
+
+
+def _options(opts) -> list[str]:
+    """The option file read, and the keys it had that the import ignored or did not understand."""
+    if opts is None:
+        return ["## Options", "", "none given: the architecture comes from the weights alone.", ""]
+    lines = ["## Options", "", f"- file: `{opts.source}` ({opts.style} style, task `{opts.task}`, "
+             f"model `{opts.model_type}`, network `{opts.network.official_type}`)"]
+    if opts.ignored:
+        lines.append(f"- ignored ({len(opts.ignored)} keys: dataset paths, training-only settings): "
+                     + ", ".join(f"`{k}`" for k in list(opts.ignored)[:12])
+                     + (" ..." if len(opts.ignored) > 12 else ""))
+    if opts.unknown:
+        lines.append("- not understood (check them): " + ", ".join(f"`{k}`" for k in opts.unknown))
+    return lines + [""]
+
+
+def _architecture(result) -> list[str]:
+    """Every constructor argument of the network, with where its value came from."""
+    lines = ["## Architecture", "", f"`refusion.models.{result.network}`", "",
+             "| argument | value | from |", "|---|---|---|"]
     for arg, value in result.kwargs.items():
         if arg in result.given:
             origin = "options"
@@ -56,21 +71,35 @@ def write_model_card(folder: Path, result, opts) -> None:
         else:
             origin = "weights (detected)"
         lines.append(f"| `{arg}` | {_value(value)} | {origin} |")
-    lines.append("")
-    if result.sde is not None:
-        s = result.sde
-        lines += ["## SDE", "", f"IR-SDE: max_sigma {s['max_sigma']:g}, T {s['T']}, schedule {s['schedule']}, "
-                  f"eps {s['eps']:g}" + (f", sample_T {s['sample_T']}" if s.get("sample_T") else "")
-                  + ("; from the options" if opts is not None and opts.sde is not None else "; given with --sde"), ""]
+    return lines + [""]
+
+
+def _sde(result, opts) -> list[str]:
+    """The IR-SDE settings of a pipeline (nothing for a regressor)."""
+    if result.sde is None:
+        return []
+    s = result.sde
+    return ["## SDE", "", f"IR-SDE: max_sigma {s['max_sigma']:g}, T {s['T']}, schedule {s['schedule']}, "
+            f"eps {s['eps']:g}" + (f", sample_T {s['sample_T']}" if s.get("sample_T") else "")
+            + ("; from the options" if opts is not None and opts.sde is not None else "; given with --sde"), ""]
+
+
+def _inference(result, opts) -> list[str]:
+    """Inference settings that are not network arguments, and the import's notes (nothing without them)."""
     extra = {k: v for k, v in result.given.items() if k not in result.kwargs}
-    if extra or result.notes:
-        lines += ["## Inference", ""]
-        lines += [f"- {k}: {v}" for k, v in extra.items()]
-        lines += [f"- {note}" for note in result.notes]
-        if opts is not None and opts.inference.steps:
-            lines.append("- the official test does: " + "; ".join(opts.inference.steps))
-        lines.append("")
-    lines += ["## Restore an image", "", "```bash"]
+    if not (extra or result.notes):
+        return []
+    lines = ["## Inference", ""]
+    lines += [f"- {k}: {v}" for k, v in extra.items()]
+    lines += [f"- {note}" for note in result.notes]
+    if opts is not None and opts.inference.steps:
+        lines.append("- the official test does: " + "; ".join(opts.inference.steps))
+    return lines + [""]
+
+
+def _usage(result) -> list[str]:
+    """How to restore an image with the folder: the command line, then Python."""
+    lines = ["## Restore an image", "", "```bash"]
     # the bokeh network needs each image's lens information (refusion.data.lens)
     lens = result.network == "BokehNAFNet"
     lens_flag = " --lens-meta photos/meta.txt" if lens else ""
@@ -90,6 +119,4 @@ def write_model_card(folder: Path, result, opts) -> None:
     else:
         lines.append(f"restored = refusion.sample(lq, model={str(result.path)!r})" if result.kind == "pipeline"
                      else f"restored = refusion.restore(lq, model={str(result.path)!r})")
-    lines += ["```", ""]
-    lines += ["## Licence", "", _licence(result, opts), ""]
-    (folder / "README.md").write_text("\n".join(lines))
+    return lines + ["```", ""]
