@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from refusion.official.checkpoints import (
-    CheckpointError,
     CheckpointMismatchError,
+    OfficialCheckpointError,
     extract_state_dict,
     load_official,
     load_safetensors,
@@ -63,7 +63,7 @@ def test_param_key_picks_the_wrapper(official_sd):
     assert_loaded(model, ema)
     load_official(model, {"params": official_sd, "params_ema": ema})  # default: BasicSR's 'params'
     assert_loaded(model, official_sd)
-    with pytest.raises(CheckpointError, match="param_key 'ema' not found"):
+    with pytest.raises(OfficialCheckpointError, match="param_key 'ema' not found"):
         load_official(model, {"params": official_sd}, param_key="ema")
 
 
@@ -76,7 +76,7 @@ def test_pickle_carrying_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"params": {"intro.weight": Payload()}}, path)
-    with pytest.raises(CheckpointError, match="refusing to load .*evil.pth"):
+    with pytest.raises(OfficialCheckpointError, match="refusing to load .*evil.pth"):
         load_official(NAFNet(**SMALL), path)
     assert not marker.exists()
 
@@ -108,9 +108,9 @@ def test_wrong_architecture_is_a_mismatch():
 
 
 def test_not_a_state_dict_is_explained(tmp_path):
-    with pytest.raises(CheckpointError, match="no state dict found"):
+    with pytest.raises(OfficialCheckpointError, match="no state dict found"):
         extract_state_dict({"optimizer": {"lr": 1e-3}})
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(OfficialCheckpointError, match="does not exist"):
         load_official(NAFNet(**SMALL), tmp_path / "missing.pth")
 
 

@@ -47,7 +47,7 @@ def constructor_arguments(text: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     from refusion.models import MODELS
-    from refusion.official.checkpoints import CheckpointError, load_official
+    from refusion.official.checkpoints import OfficialCheckpointError, load_official
 
     try:
         model = MODELS[opts.arch](**constructor_arguments(opts.args))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         load_official(model, opts.checkpoint, param_key=opts.param_key)
-    except CheckpointError as err:
+    except OfficialCheckpointError as err:
         print(err, file=sys.stderr)
         return 1
     model.save_pretrained(opts.out_dir)

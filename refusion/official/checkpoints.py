@@ -23,11 +23,11 @@ WRAPPER_KEYS = ("params", "params_ema", "state_dict")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class OfficialCheckpointError(ValueError):
     """A checkpoint file cannot be read safely or has no recognisable state dict."""
 
 
-class CheckpointMismatchError(CheckpointError):
+class CheckpointMismatchError(OfficialCheckpointError):
     """The checkpoint's keys or shapes do not match the model; nothing was loaded."""
 
     def __init__(self, source: str, missing: list[str], unexpected: list[str], shapes: list[str]):
@@ -43,13 +43,13 @@ def read_official(path: str | os.PathLike) -> dict:
     """Read a checkpoint file safely (tensors and plain containers only) onto the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
+        raise OfficialCheckpointError(f"checkpoint file {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [ln for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         reason = lines[0] if lines else str(err).splitlines()[0]
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"refusing to load {path}: it holds more than tensors and plain containers "
             f"(a pickle that could run code); torch.load(weights_only=True) said: {reason}"
         ) from err
@@ -62,23 +62,24 @@ def extract_state_dict(obj, *, param_key: str | None = None, source: str = "<sta
     'params', 'params_ema', 'state_dict' present is used, or the object itself if it is bare.
     """
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+        raise OfficialCheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
     if param_key is not None:
         if param_key not in obj:
-            raise CheckpointError(f"{source}: param_key {param_key!r} not found; top-level keys: {sorted(obj)[:20]}")
+            raise OfficialCheckpointError(
+                f"{source}: param_key {param_key!r} not found; top-level keys: {sorted(obj)[:20]}")
         obj = obj[param_key]
     else:
         while not _is_tensor_dict(obj):
             found = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
             if found is None:
-                raise CheckpointError(
+                raise OfficialCheckpointError(
                     f"{source}: no state dict found; expected tensors or one of the keys {list(WRAPPER_KEYS)}, "
                     f"got top-level keys {sorted(map(str, obj))[:20]}"
                 )
             obj = obj[found]
     if not _is_tensor_dict(obj):
         bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:10]
-        raise CheckpointError(f"{source}: entries that are not tensors: {bad}")
+        raise OfficialCheckpointError(f"{source}: entries that are not tensors: {bad}")
     return {_strip_prefixes(k): v for k, v in obj.items()}
 
 
@@ -140,5 +141,5 @@ def load_safetensors(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if path.is_dir():
         path = path / "diffusion_pytorch_model.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"safetensors file {path} does not exist")
+        raise OfficialCheckpointError(f"safetensors file {path} does not exist")
     return load_state_dict_strict(model, load_file(str(path), device="cpu"), source=str(path))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from refusion.official import detect_nafnet, detect_unet
-from refusion.official.checkpoints import CheckpointError, extract_state_dict, load_state_dict_strict
+from refusion.official.checkpoints import OfficialCheckpointError, extract_state_dict, load_state_dict_strict
 from refusion.official.detect_keys import Detector, Misfit, StateDict, Undetermined
 
 # tried in this order; the key conditions do not overlap, the order only breaks ties between
@@ -138,7 +138,7 @@ def _state_dict(obj) -> dict[str, torch.Tensor]:
         raise DetectionError("the state dict is empty: there are no weights to detect an architecture from")
     try:
         return extract_state_dict(obj)
-    except CheckpointError as exc:
+    except OfficialCheckpointError as exc:
         raise DetectionError(f"no weights to detect an architecture from: {exc}") from None
 
 

@@ -33,7 +33,8 @@ from typing import Any, Mapping
 from refusion.checksums import sha256_file, write_weights_manifest
 from refusion.inference.loading import INFERENCE_FILE
 from refusion.official.card import write_model_card
-from refusion.official.checkpoints import CheckpointError, extract_state_dict, load_state_dict_strict, read_official
+from refusion.official.checkpoints import (OfficialCheckpointError, extract_state_dict, load_state_dict_strict,
+                                           read_official)
 from refusion.official.detection import DetectionError, detect_architecture
 from refusion.official.options import OptionsError, check_against, read_options
 
@@ -68,7 +69,7 @@ def read_checkpoint(path: str | os.PathLike, *, param_key: str | None = None, wh
     try:
         obj = read_official(path)
         return extract_state_dict(obj, param_key=param_key, source=str(path))
-    except CheckpointError as exc:
+    except OfficialCheckpointError as exc:
         raise ImportRefusal(str(exc)) from exc
     except Exception as exc:  # torch.load on a file that is no checkpoint: zip, pickle or EOF errors
         raise ImportRefusal(f"{what} {path} is not a PyTorch checkpoint ({type(exc).__name__}: "
