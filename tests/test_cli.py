@@ -56,6 +56,11 @@ def test_tools_are_thin_wrappers_of_the_cli():
         tree = ast.parse(tool.read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert any(m in modules for m in imported), f"{tool.name} does not call a refusion.cli command"
+        # the OpenMP defaults are set before the command's module imports torch
+        prepared = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
+                    "prepare_process"]
+        command = min(n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module in modules)
+        assert prepared and prepared[0] < command, f"{tool.name} imports its command before prepare_process()"
         assert len(tool.read_text().splitlines()) <= 10, f"{tool.name} holds more than a wrapper"
 
 
@@ -216,17 +221,50 @@ def test_busy_cpus_reads_the_runnable_threads():
     assert 0 <= threads.busy_cpus(samples=3, interval_s=0.001) < 4096
 
 
+def _without_openmp_wait(environment: dict[str, str]) -> dict[str, str]:
+    """This process's environment less the OpenMP wait variables, plus ``environment``."""
+    return {k: v for k, v in os.environ.items() if k not in threads.OPENMP_WAIT_VARIABLES} | environment
+
+
+def test_importing_the_cli_leaves_the_environment_alone():
+    code = ("import os, sys\nbefore = dict(os.environ)\nimport refusion.cli\nassert 'torch' not in sys.modules\n"
+            "print(dict(os.environ) == before)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=_without_openmp_wait({}))
+    assert proc.stdout.strip() == "True", proc.stderr
+
+
+# a command module that reports, when it is imported, the OpenMP wait it finds and whether torch is loaded
+PROBE_COMMAND = """
+import os, sys
+print("GOMP_SPINCOUNT=" + str(os.environ.get("GOMP_SPINCOUNT")), "torch" in sys.modules)
+def main(argv):
+    return 0
+"""
+
+
 @pytest.mark.parametrize("environment, expected", [
-    ({}, "GOMP_SPINCOUNT=10000"),
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, "GOMP_SPINCOUNT=None"),      # the caller's choice wins
-    ({"GOMP_SPINCOUNT": "5"}, "GOMP_SPINCOUNT=5"),
+    ({}, "GOMP_SPINCOUNT=10000 False"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "GOMP_SPINCOUNT=None False"),      # the caller's choice wins
+    ({"GOMP_SPINCOUNT": "5"}, "GOMP_SPINCOUNT=5 False"),
 ])
-def test_the_command_sets_the_openmp_wait_before_torch_loads(environment, expected):
-    code = ("import os, sys\nimport refusion.cli\nassert 'torch' not in sys.modules\n"
-            "print('GOMP_SPINCOUNT=' + str(os.environ.get('GOMP_SPINCOUNT')))")
-    env = {k: v for k, v in os.environ.items() if k not in threads.OPENMP_WAIT_VARIABLES} | environment
+def test_a_command_starts_with_the_openmp_wait_set_before_torch_loads(tmp_path, environment, expected):
+    """`python -m refusion <command>`: the wait is in the environment when the command's module is imported."""
+    (tmp_path / "probe_command.py").write_text(PROBE_COMMAND)
+    code = ("import runpy, sys\nimport refusion.cli\nrefusion.cli.COMMANDS['probe'] = ('probe_command', 'probe')\n"
+            "sys.argv = ['refusion', 'probe']\nrunpy.run_module('refusion', run_name='__main__', alter_sys=True)")
+    env = _without_openmp_wait(environment) | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
-    assert proc.stdout.strip() == expected, proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr
+
+
+def test_prepare_process_leaves_the_environment_alone_once_torch_is_loaded():
+    # the settings would no longer reach OpenMP, only this process's children
+    code = ("import os, torch\nfrom refusion.cli import prepare_process\nprepare_process()\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=_without_openmp_wait({}))
+    assert proc.stdout.strip() == "None", proc.stderr
 
 
 def test_tile_zero_is_the_whole_image_everywhere(stop_after_parsing):

@@ -6,7 +6,8 @@
     refusion <command> --help
 
 Exit status: 0 done, 1 failed work, 2 usage error. The modules are imported only when their command
-runs, so `refusion --help` answers at once. tools/*.py call the same ``main`` functions.
+runs, so `refusion --help` answers at once. tools/*.py call the same ``main`` functions, after
+``prepare_process`` as ``main`` does.
 """
 from __future__ import annotations
 
@@ -16,12 +17,6 @@ import sys
 from typing import Sequence
 
 from refusion.inference.threads import openmp_environment
-
-# OpenMP reads its settings once, when torch loads: set the defaults here, before any command imports
-# torch (also for tools/*.py and `python -m refusion`, which import this package first); a value the
-# caller's environment already has wins (refusion/inference/threads.py, docs/performance.md)
-if "torch" not in sys.modules:
-    os.environ.update(openmp_environment())
 
 # command -> (module, one-line summary); an explicit table, read only by main()
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,6 +37,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def prepare_process() -> None:
+    """Set this process's defaults for a command: the OpenMP wait (refusion/inference/threads.py).
+    ``main`` and tools/*.py call it before they import the command's module."""
+    # OpenMP reads its settings once, when torch loads: they must be in the environment before the
+    # command imports torch, and once torch is loaded, setting them would only change what child
+    # processes inherit. A value the caller's environment already has wins (docs/performance.md).
+    if "torch" not in sys.modules:
+        os.environ.update(openmp_environment())
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: refusion <command> [options]   (refusion <command> --help for its options)", "", "commands:"]
@@ -59,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"refusion: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    prepare_process()
     module = importlib.import_module(COMMANDS[command][0])
     program, sys.argv[0] = sys.argv[0], f"refusion {command}"   # argparse's prog in --help and errors
     try:
