@@ -1,6 +1,7 @@
 """refusion: diffusion image restoration (IR-SDE / Refusion) with deterministic baselines.
 
-The public API: the scheduler, the pipeline and its one-line forms, the networks (``refusion.models``),
+The public API: the scheduler, the pipeline, the one loader (``load_model``) and the one-line forms
+built on the one restore path (``sample``, ``restore``, ``sample_posterior``, ``restore_image``), the networks (``refusion.models``),
 the metrics (``refusion.metrics``, i.e. refusion.evaluation.metrics) and official formats
 (``refusion.official``). Everything else is imported from its layer (see docs/architecture.md).
 
@@ -21,7 +22,11 @@ _PUBLIC = {
     "DenoisingSDEScheduler": "refusion.schedulers.denoising_sde",
     "RefusionPipeline": "refusion.inference.pipeline",
     "load_pipeline": "refusion.inference.pipeline",
-    "sample": "refusion.inference.pipeline",
+    "load_model": "refusion.inference.model",
+    "LoadedModel": "refusion.inference.model",
+    "RestoreSettings": "refusion.inference.settings",
+    "restore_image": "refusion.inference.restorer",
+    "sample": "refusion.inference.sampling",
     "sample_posterior": "refusion.inference.posterior",
     "PosteriorSamples": "refusion.inference.posterior",
     "restore": "refusion.inference.restoration",
@@ -34,7 +39,11 @@ _MODULES = ("models", "metrics", "official")
 if TYPE_CHECKING:  # the same names for type checkers and for the import rules of tests/test_layering.py
     from refusion import models, official
     from refusion.evaluation import metrics
-    from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sample
+    from refusion.inference.model import LoadedModel, load_model
+    from refusion.inference.pipeline import RefusionPipeline, load_pipeline
+    from refusion.inference.restorer import restore_image
+    from refusion.inference.sampling import sample
+    from refusion.inference.settings import RestoreSettings
     from refusion.inference.posterior import PosteriorSamples, sample_posterior
     from refusion.inference.restoration import restore
     from refusion.schedulers.denoising_sde import DenoisingSDEScheduler

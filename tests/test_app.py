@@ -304,7 +304,7 @@ def test_options_belong_to_the_model_before_them(tmp_path):
     (["--max-steps", "0"], "--max-steps must be positive"),
     (["--max-samples", "0"], "--max-samples must be positive"),
     (["--steps", "50", "--max-steps", "20"], "--steps 50 is outside 1..--max-steps (20)"),
-    (["--model", "missing folder"], "is not a directory"),
+    (["--model", "missing folder"], "is neither a file nor a directory"),
 ])
 def test_usage_errors_exit_2_with_a_message(tmp_path, model_dirs, capsys, argv, message):
     argv = argv if "--model" in argv else ["--model", str(model_dirs["regressor"]), *argv]

@@ -308,7 +308,8 @@ def test_published_weights_carry_the_sha256_of_every_file(pristine):
 
 @pytest.mark.parametrize("name", ["config.json", "diffusion_pytorch_model.safetensors"])
 def test_a_flipped_bit_in_run_weights_is_named_by_every_loader(run, name):
-    from refusion.inference.loading import load_network, load_regressor
+    from refusion.inference.loading import load_network
+    from refusion.inference.model import load_model
 
     path = run / "model" / name
     expected = _sha256(path)
@@ -319,7 +320,7 @@ def test_a_flipped_bit_in_run_weights_is_named_by_every_loader(run, name):
     message = (f"weight file '{path}' is corrupt: sha256 {found} found, {expected} expected (recorded in "
                f"'{run / 'model' / WEIGHTS_MANIFEST}')")
     loaders = [lambda: rd.load_model_dir(run / "model"), lambda: rd.load_autoencoder_run(run),
-               lambda: load_network(run / "model"), lambda: load_regressor(run)]
+               lambda: load_network(run / "model"), lambda: load_model(run).network]
     for load in loaders:
         with pytest.raises(CorruptWeightsError) as info:
             load()

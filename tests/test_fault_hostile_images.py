@@ -312,13 +312,13 @@ def test_input_that_links_into_the_output_folder_is_not_overwritten(tmp_path, tr
 
 def test_restored_image_is_the_models_output(tmp_path, trained_run):
     # not only "a file appeared": the result is the trained network applied to the image
-    from refusion.inference.loading import load_regressor
+    from refusion.inference.model import load_model
 
     path = tmp_path / "in" / "x y.png"
     path.parent.mkdir()
     write_image(path, RNG.random((16, 24, 3)))
     assert run_restore(path, "-o", tmp_path / "out", "--model", trained_run) == 0
-    net = load_regressor(trained_run)
+    net = load_model(trained_run).network
     with torch.no_grad():
         expected = net(torch.from_numpy(read_image(path)).permute(2, 0, 1)[None]).clamp(0, 1)
     got = read_image(tmp_path / "out" / "x y.png")

@@ -203,7 +203,7 @@ class NaNAtCall(torch.nn.Module):
 
 @pytest.mark.parametrize("bad_call, value, half", [(2, float("nan"), False), (4, float("inf"), True)])
 def test_the_first_non_finite_step_is_named(sde_pipe, bad_call, value, half):
-    from refusion.inference.pipeline import sample
+    from refusion.inference.sampling import sample
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     net = NaNAtCall(sde_pipe.unet, bad_call, value)
@@ -248,7 +248,9 @@ def test_restore_command_reports_a_nan_result_as_failed_and_goes_on(tmp_path, ca
     write_image(folder / "bright.png", np.full((16, 16, 3), 0.9))
     write_image(folder / "dark.png", np.full((16, 16, 3), 0.1))
     tool = _restore_tool()
-    monkeypatch.setattr(tool, "load_model", lambda *args: ("regressor", _NaNForBrightImages()))
+    from refusion.inference.model import load_model
+
+    monkeypatch.setattr(tool, "load_model", lambda *args: load_model(_NaNForBrightImages()))
     out = tmp_path / "out"
     code = tool.main([str(folder), "-o", str(out), "--model", str(_regressor_dir(tmp_path / "net")),
                       "--no-progress"])

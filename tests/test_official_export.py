@@ -13,7 +13,7 @@ import yaml
 import refusion
 from refusion.cli import export as export_cli
 from refusion.cli import import_official as import_cli
-from refusion.inference.loading import load_regressor
+from refusion.inference.model import load_model
 from refusion.models import MODELS
 from refusion.official import detect_architecture, read_options, check_against
 from refusion.official.export import ExportRefusal, export_official, official_form, option_sections
@@ -85,7 +85,7 @@ def test_regressor_round_trip_through_refusion_import(name, tmp_path, capsys):
     obj = torch.load(weights, weights_only=True)
     assert list(obj) == ["params"]
     assert import_cli.main([str(tmp_path / "imported"), "--weights", str(weights)]) == 0
-    back = load_regressor(tmp_path / "imported")
+    back = load_model(tmp_path / "imported").network
     assert type(back).__name__ == name
     x = rand(1, 3, 37, 45)
     with torch.no_grad():

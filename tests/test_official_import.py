@@ -16,7 +16,7 @@ import refusion
 from refusion.cli import import_official as import_cli
 from refusion.cli import restore as restore_cli
 from refusion.data.image_io import read_image, write_image
-from refusion.inference.loading import load_regressor
+from refusion.inference.model import load_model
 from refusion.models import ConditionalNAFNet
 from refusion.official.importer import ImportRefusal, import_official
 
@@ -45,7 +45,7 @@ def test_nafnet_from_weights_alone_matches_the_official_output(tmp_path):
     result = import_official(out, weights=official(tmp_path, "net_nafnet_small", wrap="params"))
     assert result.kind == "regressor" and result.network == "NAFNet"
     assert result.detected["width"] == 16 and list(result.detected["enc_blk_nums"]) == [1, 1]
-    net = load_regressor(out)
+    net = load_model(out).network
     r = ref("net_nafnet_small")
     with torch.no_grad():
         got = net(torch.from_numpy(r["input"])).numpy()
@@ -79,7 +79,7 @@ def test_hinet_and_baseline_are_detected_and_match(tmp_path):
         import_official(out, weights=official(tmp_path, name, wrap="params"))
         r = ref(name)
         with torch.no_grad():
-            y = load_regressor(out)(torch.from_numpy(r["input"]))
+            y = load_model(out).network(torch.from_numpy(r["input"]))
         got = (y[-1] if isinstance(y, (list, tuple)) else y).numpy()
         np.testing.assert_allclose(got, r[key], atol=2e-5, rtol=0)
 
@@ -280,7 +280,7 @@ def test_undetermined_arguments_take_the_value_that_fits_the_weights(tmp_path):
     result = import_official(tmp_path / "out", weights=weights)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        expected, got = net(x)[-1], load_regressor(tmp_path / "out")(x)[-1]
+        expected, got = net(x)[-1], load_model(tmp_path / "out").network(x)[-1]
     torch.testing.assert_close(got, expected)
     assert "relu_slope" in result.defaulted
 

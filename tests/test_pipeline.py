@@ -15,7 +15,8 @@ from refusion.models.conditional_nafnet import ConditionalNAFNet
 from refusion.models.latent_unet import LatentUNet
 from refusion.models.nafnet import NAFNet
 from refusion.benchmarks.perf import activate_skip_gains
-from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sample, sde_sample
+from refusion.inference.pipeline import RefusionPipeline, load_pipeline, sde_sample
+from refusion.inference.sampling import sample
 from refusion.inference.restoration import restore
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from same_results import INSTANCE_ATOL, assert_close_outputs, assert_same_state

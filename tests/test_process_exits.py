@@ -29,10 +29,10 @@ from refusion.cli import restore
 
 real = restore.restore_job
 
-def restore_job(kind, model, sources, targets, **kwargs):
+def restore_job(model, sources, targets, **kwargs):
     if os.environ.get("RANK") == "1":
         raise KeyError(f"injected fault on process 1 at {sources[0].name}")   # not a per-image failure
-    return real(kind, model, sources, targets, **kwargs)
+    return real(model, sources, targets, **kwargs)
 
 restore.restore_job = restore_job
 sys.exit(restore.main())

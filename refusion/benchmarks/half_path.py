@@ -118,13 +118,11 @@ def _accuracy(state: dict) -> dict:
         result["sde"] = {"run": str(state["run"]), "sampler": ACCURACY_SAMPLER, "steps": ACCURACY_STEPS, "seed": 0,
                          "psnr_half_vs_fp32_db": {k: psnr_db(sde(x, True), sde(x, False), 1.0) for k, x in images.items()}}
     if state.get("regressor_run"):
-        from refusion.inference.loading import load_regressor
-
-        net = load_regressor(state["regressor_run"])
+        net = refusion.load_model(state["regressor_run"])
 
         def regress(lq, half):
             return refusion.restore(lq, model=net, progress=False, half=half)
-        result["regressor"] = {"run": str(state["regressor_run"]), "network": type(net).__name__,
+        result["regressor"] = {"run": str(state["regressor_run"]), "network": type(net.network).__name__,
                                "psnr_half_vs_fp32_db": {k: psnr_db(regress(x, True), regress(x, False), 1.0)
                                                         for k, x in images.items()}}
     for entry in result.values():

@@ -40,15 +40,12 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from refusion.cli import common
+from refusion.cli.common import UsageError
 
 if TYPE_CHECKING:   # app_service (numpy, torch) loads in the functions that use it: `--help` stays fast
-    from refusion.cli.app_service import AppService, Limits, LoadedModel, Settings
+    from refusion.cli.app_service import AppModel, AppService, Limits, Settings
 
 LOOPBACK_NAMES = ("localhost",)
-
-
-class UsageError(Exception):
-    """A problem with the command line (exit status 2)."""
 
 
 @dataclass
@@ -94,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests restored at the same time (default 1; the rest wait in the queue)")
     p.add_argument("--queue-size", type=int, default=32, help="requests that may wait in the queue (default 32)")
     common.add_shared(p, "device", "threads", "steps", "tile", "seed", "half",
-                      steps=dict(help="the page's initial step count (default: the model's trained steps, at most "
-                                      "--max-steps)"),
+                      steps=dict(help="the page's initial step count (default: the sampler's documented steps, "
+                                      "10 for mr_sde; at most --max-steps)"),
                       tile=dict(help="the page's initial tile size in pixels (default or 0: whole image)"),
                       seed=dict(help="the page's initial noise seed (default 0)"),
                       half=dict(help="half precision checked in the page at start (bfloat16 on CPUs that compute it "
@@ -133,31 +130,26 @@ def check_args(args) -> Limits:
 
 def resolve_device(name: str):
     """--device as refusion.cli.common resolves it for every command; UsageError when the machine lacks it."""
-    try:
-        return common.resolve_device(name)
-    except common.UsageError as exc:
-        raise UsageError(str(exc)) from None
+    return common.resolve_device(name)
 
 
-def load_models(specs: list[ModelSpec], device) -> list[LoadedModel]:
-    """Every --model, loaded as `refusion restore` loads it; UsageError naming the one that fails."""
-    from refusion.cli import restore as restore_cli
-    from refusion.cli.app_service import LoadedModel
-    from refusion.inference.loading import default_tlc
+def load_models(specs: list[ModelSpec], device) -> list[AppModel]:
+    """Every --model, loaded as `refusion restore` loads it (refusion.load_model); UsageError naming the
+    one that fails."""
+    from refusion.cli.app_service import AppModel
+    from refusion.inference.model import load_model
 
     names = [spec.path.stem if spec.path.is_file() else spec.path.name or str(spec.path) for spec in specs]
     names = [str(spec.path) if names.count(name) > 1 else name for spec, name in zip(specs, names)]
     loaded = []
     for spec, name in zip(specs, names):
-        request = SimpleNamespace(model=spec.path, options=spec.options, latent_weights=None, sde=None)
         try:
-            folder = restore_cli.model_folder(request)
-            kind, model = restore_cli.load_model(folder, device)
-        except (restore_cli.UsageError, FileNotFoundError, ValueError) as exc:
+            model = load_model(spec.path, options=spec.options, device=device)
+        except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         except Exception as exc:  # any other failure to load is still a problem with this --model
             raise UsageError(f"cannot load --model {str(spec.path)!r}: {type(exc).__name__}: {exc}") from None
-        loaded.append(LoadedModel.wrap(name, kind, model, folder, tlc=default_tlc(folder) if kind == "regressor" else None))
+        loaded.append(AppModel(name, model))
     return loaded
 
 
@@ -190,7 +182,7 @@ def _sde_controls(service: AppService, defaults: Settings, name: str) -> dict:
     entry = service.model(name)
     sde = entry.kind == "sde"
     top = min(entry.full_steps, service.limits.max_steps) if sde else 1
-    value = min(defaults.steps or top, top)
+    value = min(defaults.steps or entry.default_steps() or top, top)     # the sampler's documented steps
     steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
     return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
             "steps": dict(**steps, visible=sde),

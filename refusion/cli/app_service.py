@@ -14,19 +14,18 @@ under the service's own folder (a temporary folder that `refusion app` removes o
 """
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from refusion.data.image_io import ImageReadError, image_bit_depth, read_image, write_image
+from refusion.inference.model import LoadedModel
 
 PREVIEW_SIDE = 1024            # longest side of the images shown in the page (the download is full size)
 TILE_OVERLAP = 32             # pixels shared by neighbouring tiles (a quarter of tiles smaller than 128)
@@ -56,65 +55,33 @@ class Limits:
 
 
 @dataclass
-class LoadedModel:
-    """A model the page offers: ('sde', RefusionPipeline) or ('regressor', network)."""
+class AppModel:
+    """A model the page offers: its name in the page and the model as refusion.load_model loaded it."""
 
     name: str
-    kind: str
-    model: Any
-    folder: Path
-    tlc: Any = None                          # regressors: the test-time local converter setting
-    samplers: tuple[str, ...] = ()           # sde: what the scheduler offers
-    default_sampler: str | None = None
-    full_steps: int | None = None            # sde: steps of the model's full reverse process
+    model: LoadedModel
 
-    @classmethod
-    def wrap(cls, name: str, kind: str, model: Any, folder: Path, tlc: Any = None) -> "LoadedModel":
-        if kind == "regressor":
-            return cls(name, kind, model, Path(folder), tlc=tlc)
-        scheduler = model.scheduler
-        full = getattr(scheduler, "start_timestep", None) or scheduler.config.num_train_timesteps
-        entry = cls(name, kind, model, Path(folder), samplers=tuple(scheduler.SAMPLERS),
-                    default_sampler=scheduler.config.sampler, full_steps=int(full))
-        model.progress_bar = _STEP_HOOK     # each sampling step is reported to the request that runs it
-        return entry
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return self.model.samplers
+
+    @property
+    def default_sampler(self) -> str | None:
+        return self.model.defaults.sampler
+
+    @property
+    def full_steps(self) -> int | None:
+        return self.model.full_steps
+
+    def default_steps(self, sampler: str | None = None) -> int | None:
+        return self.model.default_steps(sampler)
 
     def describe(self) -> str:
-        if self.kind == "regressor":
-            return f"{self.name}: regressor ({type(self.model).__name__}), one network pass"
-        net = type(self.model.unet).__name__
-        latent = ", latent autoencoder" if self.model.autoencoder is not None else ""
-        return (f"{self.name}: SDE ({net}{latent}, {type(self.model.scheduler).__name__}), "
-                f"{self.full_steps} trained steps, default sampler {self.default_sampler}")
-
-
-class _StepHook:
-    """A pipeline's ``progress_bar``: yields the steps and reports each one to the calling thread's
-    callback (requests run in worker threads, so two requests never see each other's steps)."""
-
-    def __init__(self):
-        self.local = threading.local()
-
-    def __call__(self, iterable=None, total=None):
-        steps = list(iterable)
-        report = getattr(self.local, "report", None)
-        for index, step in enumerate(steps):
-            if report is not None:
-                report(index, len(steps))
-            yield step
-        if report is not None:
-            report(len(steps), len(steps))
-
-    @contextlib.contextmanager
-    def reporting(self, report: StepCallback | None):
-        self.local.report = report
-        try:
-            yield
-        finally:
-            self.local.report = None
-
-
-_STEP_HOOK = _StepHook()
+        return f"{self.name}: {self.model.describe()}"
 
 
 @dataclass
@@ -185,7 +152,7 @@ def preview(image: np.ndarray, side: int = PREVIEW_SIDE, size: tuple[int, int] |
 class AppService:
     """Models, limits and the working folder of one app; ``restore`` serves one request."""
 
-    def __init__(self, models: list[LoadedModel], limits: Limits, workdir: str | Path, device=None):
+    def __init__(self, models: list[AppModel], limits: Limits, workdir: str | Path, device=None):
         if not models:
             raise ValueError("AppService needs at least one model")
         names = [m.name for m in models]
@@ -197,14 +164,14 @@ class AppService:
         self.device = device
 
     # -- inputs ------------------------------------------------------------------------------
-    def model(self, name: str | None) -> LoadedModel:
+    def model(self, name: str | None) -> AppModel:
         if name is None and len(self.models) == 1:
             return next(iter(self.models.values()))
         if name not in self.models:
             raise AppInputError(f"unknown model {name!r}; loaded: {', '.join(self.models)}")
         return self.models[name]
 
-    def check_settings(self, entry: LoadedModel, settings: Settings) -> Settings:
+    def check_settings(self, entry: AppModel, settings: Settings) -> Settings:
         """Settings with defaults filled in, or AppInputError for a value out of bounds."""
         tile = _as_int(settings.tile, "tile size", allow_none=True)
         if tile is not None and tile <= 0:
@@ -221,8 +188,8 @@ class AppService:
             raise AppInputError(f"sampler {sampler!r} is not offered by {entry.name}; choose one of "
                                 f"{', '.join(entry.samplers)}")
         steps = _as_int(settings.steps, "steps", allow_none=True)
-        if steps is None or steps <= 0:
-            steps = min(entry.full_steps, self.limits.max_steps)
+        if steps is None or steps <= 0:           # the sampler's documented step count (10 for mr_sde)
+            steps = min(entry.default_steps(sampler), self.limits.max_steps)
         if steps > self.limits.max_steps:
             raise AppInputError(f"{steps} steps asked for; this app allows at most {self.limits.max_steps} "
                                 f"(refusion app --max-steps)")
@@ -278,37 +245,20 @@ class AppService:
         return Restored(lq=lq, restored=restored, path=path, bit_depth=bit_depth,
                         seconds=seconds, summary=summary, metrics=metrics, std=std)
 
-    def _run(self, entry: LoadedModel, lq: np.ndarray, settings: Settings, on_step: StepCallback | None
+    def _run(self, entry: AppModel, lq: np.ndarray, settings: Settings, on_step: StepCallback | None
              ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(restored float32 HWC, the std over the posterior samples or None)."""
+        """(restored float32 HWC, the std over the posterior samples or None), through the one restore path."""
+        from refusion.inference.restorer import restore_image
+        from refusion.inference.settings import RestoreSettings
+
         overlap = min(TILE_OVERLAP, settings.tile // 4) if settings.tile else TILE_OVERLAP
-        if entry.kind == "regressor":
-            from refusion.inference.restoration import restore
-
-            if on_step:
-                on_step(0, 1)
-            out = restore(lq, model=entry.model, tile_size=settings.tile, tile_overlap=overlap, tlc=entry.tlc,
-                          progress=False, half=settings.half, self_ensemble=settings.self_ensemble,
-                          color_fix=settings.color_fix)
-            if on_step:
-                on_step(1, 1)
-            return np.asarray(out, dtype=np.float32), None
-        generator = torch.Generator(device=entry.model.device).manual_seed(settings.seed)
-        if settings.samples > 1:
-            from refusion.inference.posterior import sample_posterior
-
-            with _STEP_HOOK.reporting(on_step):     # each chunk of samples reports its own pass over the steps
-                post = sample_posterior(lq, model=entry.model, num_samples=settings.samples, steps=settings.steps,
-                                        sampler=settings.sampler, generator=generator, tile_size=settings.tile,
-                                        tile_overlap=overlap, half=settings.half, self_ensemble=settings.self_ensemble,
-                                        color_fix=settings.color_fix)
-            hwc = lambda t: t[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)  # noqa: E731
-            return hwc(post.mean), hwc(post.std)
-        with _STEP_HOOK.reporting(on_step):
-            out = entry.model(lq, num_inference_steps=settings.steps, sampler=settings.sampler,
-                              generator=generator, tile_size=settings.tile, tile_overlap=overlap, half=settings.half,
-                              output_type="np", self_ensemble=settings.self_ensemble, color_fix=settings.color_fix)
-        return np.asarray(out.images[0], dtype=np.float32), None
+        sde = entry.kind == "sde"
+        wanted = RestoreSettings(sampler=settings.sampler if sde else None, steps=settings.steps if sde else None,
+                                 seed=settings.seed if sde else None, samples=settings.samples if sde else 1,
+                                 tile=settings.tile, overlap=overlap, half=settings.half,
+                                 self_ensemble=settings.self_ensemble, color_fix=settings.color_fix)
+        result = restore_image(entry.model, lq, wanted, callback=on_step)
+        return result.hwc(), None if result.std is None else result.hwc("std")
 
     def _write_result(self, name: str, restored: np.ndarray, bit_depth: int) -> Path:
         results = self.workdir / "results"
@@ -382,13 +332,12 @@ class AppService:
         return lq_path, gt_path
 
 
-def _half_note(entry: LoadedModel) -> str:
+def _half_note(entry: AppModel) -> str:
     """What half precision did: the library runs float32 on a CPU that only emulates bfloat16."""
     from refusion.inference.capability import bf16_reason, native_bf16
     from refusion.inference.precision import half_dtype
 
-    model = entry.model
-    device = model.device if entry.kind == "sde" else next(model.parameters()).device
+    device = entry.model.device
     if half_dtype(device) == torch.bfloat16 and not native_bf16(device):
         return f"half precision asked for but not used ({bf16_reason(device)}); float32"
     return "half precision"

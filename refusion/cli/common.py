@@ -80,7 +80,8 @@ SHARED: dict[str, tuple[str, dict[str, Any]]] = {
     "tile": ("--tile", dict(type=tile_pixels, default=None, metavar="PIXELS",
                             help="restore in tiles of this many pixels (default or 0: the whole image at once)")),
     "steps": ("--steps", dict(type=positive_int, default=None, metavar="N",
-                              help="sampling steps of SDE models (default: all trained steps)")),
+                              help="sampling steps of SDE models (default: the sampler's documented steps: 10 for "
+                                   "mr_ode / mr_sde, every trained step for sde, ode and posterior)")),
     "seed": ("--seed", dict(type=int, default=0, metavar="SEED", help="noise seed (default 0)")),
     "no-progress": ("--no-progress", dict(action="store_true", help="no progress bars")),
 }

@@ -21,7 +21,12 @@ from refusion.cli import common
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (sde or regressor) or saved pipelines")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="models, as `refusion restore --model` takes them: run directories (sde or regressor), "
+                             "saved pipelines or regressors, imported official folders, official checkpoint files")
+    parser.add_argument("--options", nargs="+", type=Path, default=[], metavar="YAML",
+                        help="the official option file of each checkpoint file among the models, in the order the "
+                             "checkpoint files are given")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth test images")
     parser.add_argument("--lq", required=True, type=Path, help="folder of degraded test images (same file stems)")
     parser.add_argument("--out", required=True, type=Path, help="report folder")
@@ -48,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
                                        "under accelerate launch 'auto' and 'cuda' are each process's own GPU"))
     args = parser.parse_args(argv)
     args.device = str(common.apply_shared(parser, args))
+    files = [run for run in args.runs if run.is_file()]
+    if len(args.options) not in (0, len(files)):
+        print(f"evaluate: error: --options: {len(args.options)} option file(s) for {len(files)} checkpoint file(s) "
+              f"among the models ({', '.join(map(str, files)) or 'none'}); give one per checkpoint file, in order",
+              file=sys.stderr)
+        return 2
     from refusion.evaluation.evaluate import evaluate_runs   # after --help: it imports torch
     from refusion.inference.processes import end_processes
 
     try:
         result = evaluate_runs(args.runs, args.gt, args.lq, args.out, samplers=args.samplers, seed=args.seed,
+                               options=dict(zip(files, args.options)),
                                device=args.device, max_images=args.max_images, crop_border=args.crop_border,
                                test_y_channel=args.test_y_channel, lpips_net=args.lpips_net, lens=args.lens_meta,
                                progress=not args.no_progress, self_ensemble=args.self_ensemble, workers=args.workers,

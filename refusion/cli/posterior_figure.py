@@ -68,8 +68,7 @@ def figure_rows(args, device) -> list[tuple[str, list, tuple]]:
     from refusion.data.image_io import read_image
     from refusion.data.paired import find_pairs
     from refusion.evaluation import metrics
-    from refusion.inference.loading import load_regressor
-    from refusion.inference.pipeline import load_pipeline
+    from refusion.inference.model import load_model
     from refusion.inference.posterior import sample_posterior
     from refusion.inference.restoration import restore
 
@@ -78,8 +77,8 @@ def figure_rows(args, device) -> list[tuple[str, list, tuple]]:
     unknown = [n for n in names if n not in pairs]
     if unknown:
         raise ValueError(f"--images {' '.join(unknown)}: no such test pair in {args.lq} (names are file stems)")
-    pipe = load_pipeline(args.sde, device=device)
-    regressor = load_regressor(args.regressor).to(device).eval()
+    pipe = load_model(args.sde, device=device)
+    regressor = load_model(args.regressor, device=device)
     rows = []
     for index, name in enumerate(names):
         gt, lq = (read_image(path) for path in pairs[name])

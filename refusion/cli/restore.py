@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING
 # torch, numpy, accelerate and the library are imported inside the functions that use them, so that
 # `refusion restore --help` answers without loading them (tests/test_cli.py checks it)
 from refusion.cli import common
-from refusion.cli.restore_posterior import add_posterior_args, check_posterior_flags, restore_posterior
+from refusion.cli.common import UsageError
+from refusion.cli.restore_posterior import add_posterior_args, check_posterior_flags, write_posterior_files
 
 if TYPE_CHECKING:
     import torch
@@ -64,10 +65,6 @@ if TYPE_CHECKING:
     from refusion.data.lens import LensInfo
 
 WRITABLE = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-
-
-class UsageError(Exception):
-    """A problem with the command line (exit status 2)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,48 +171,36 @@ def plan_jobs(inputs: list[Path], outputs: list[Path], *, stereo: bool) -> list[
     return [tuple(zip(by_stem[i + "_L"], by_stem[i + "_R"])) for i in ids]
 
 
-def model_folder(args) -> Path:
-    """--model as a folder: an official checkpoint file is imported into the cache first."""
-    if args.model.is_file():
-        from refusion.official.importer import cached_import, parse_sde_settings
+def load_model(args, device: torch.device):
+    """The LoadedModel of --model (refusion.load_model: an official checkpoint file is imported into the
+    shared cache first, with --options / --latent-weights / --sde)."""
+    from refusion.inference.model import load_model as load
+    from refusion.official.importer import parse_sde_settings
 
-        sde = parse_sde_settings(dict(item.split("=", 1) for item in args.sde)) if args.sde else None
-        return cached_import(args.model, options=args.options, latent_weights=args.latent_weights, sde=sde)
-    if args.options or args.latent_weights or args.sde:
-        raise UsageError("--options/--latent-weights/--sde describe an official checkpoint file given as --model; "
-                         f"{str(args.model)!r} is not a file (import it with `refusion import` first, or pass the .pth)")
-    return args.model
+    sde = parse_sde_settings(dict(item.split("=", 1) for item in args.sde)) if args.sde else None
+    return load(args.model, options=args.options, latent_weights=args.latent_weights, sde=sde, device=device,
+                weights=args.weights)
 
 
-def load_model(path: Path, device: torch.device, weights: str = "model"):
-    """('sde', RefusionPipeline) or ('regressor', network) from a run or saved directory."""
-    from refusion.inference.loading import load_regressor, read_run_task
-    from refusion.inference.pipeline import load_pipeline
+def settings_from(args):
+    """The RestoreSettings of the command line (validated; the model's defaults are filled in later)."""
+    from refusion.inference.settings import RestoreSettings
 
-    if not path.is_dir():
-        raise UsageError(f"--model {str(path)!r} is not a directory (a run directory or a saved model)")
-    if (path / "model_index.json").is_file():
-        return "sde", load_pipeline(path, device=device)
-    if (path / "config.json").is_file():
-        return "regressor", load_regressor(path).to(device)
-    task = read_run_task(path)
-    if task == "sde":
-        return "sde", load_pipeline(path, device=device, weights=weights)
-    if task == "regressor":
-        return "regressor", load_regressor(path, weights=weights).to(device)
-    raise UsageError(f"--model {str(path)!r} is a {task!r} run; restore needs an sde or a regressor run")
+    tlc = False if args.no_tlc else args.tlc
+    return RestoreSettings(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, tile=args.tile,
+                           overlap=args.overlap, half=args.half, color_fix=args.color_fix,
+                           self_ensemble=args.self_ensemble, samples=args.samples or 1, chunk_size=args.chunk_size,
+                           tlc=tlc, latent={"auto": None, "on": True, "off": False}[args.latent])
 
 
 def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
     """The lens information of each input for a bokeh model (None for other models); every problem
     (a missing entry, a value out of range, flags for a model that takes none) is a UsageError."""
     from refusion.data.lens import LensMetadataError, lens_info, lens_info_for, read_lens_metadata
-    from refusion.inference.pipeline import RefusionPipeline, takes_lens_info
 
     flags = {"--src-lens": args.src_lens, "--tgt-lens": args.tgt_lens, "--disparity": args.disparity}
     given = [name for name, value in flags.items() if value is not None]
-    bokeh = isinstance(model, RefusionPipeline) and takes_lens_info(model.unet)
-    if not bokeh:
+    if model.capabilities.conditioning != "lens":
         if given or args.lens_meta:
             raise UsageError(f"{', '.join(given or ['--lens-meta'])}: lens information is only for bokeh models "
                              f"(BokehNAFNet); --model {str(args.model)!r} takes none")
@@ -229,8 +214,8 @@ def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
             return {src: lens_info_for(table, src.name, source=args.lens_meta, image=str(src)) for src in inputs}
         if len(given) != len(flags):
             missing = [name for name in flags if name not in given]
-            raise UsageError(f"--model {str(args.model)!r} is a bokeh model ({type(model.unet).__name__}): it needs "
-                             f"the lens information of every image, --lens-meta FILE or all of --src-lens, "
+            raise UsageError(f"--model {str(args.model)!r} is a bokeh model ({type(model.network).__name__}): it "
+                             f"needs the lens information of every image, --lens-meta FILE or all of --src-lens, "
                              f"--tgt-lens, --disparity (missing: {', '.join(missing)})")
         info = lens_info(args.src_lens, args.tgt_lens, args.disparity, where="command line")
     except LensMetadataError as exc:
@@ -238,101 +223,55 @@ def lens_plan(args, inputs: list[Path], model) -> dict[Path, LensInfo] | None:
     return {src: info for src in inputs}
 
 
-def restore_one(kind: str, model, image, args, device: torch.device, lens: LensInfo | None = None, *,
-                sources: tuple[Path, ...] = (), targets: tuple[Path, ...] = ()):
-    """Restored float32 HWC array of one image (``lens``: its lens information, bokeh models). With
-    --samples the posterior mean, after the --save-std / --save-samples files of ``targets``."""
-    import torch
-
-    from refusion.inference.restoration import restore
-
-    if kind == "sde" and args.samples:
-        return restore_posterior(model, image, args, device, lens, sources, targets)
-    if kind == "regressor":
-        return restore(image, model=model, tile_size=args.tile, tile_overlap=args.overlap, tlc=args.tlc_size,
-                       progress=False, half=args.half, self_ensemble=args.self_ensemble, color_fix=args.color_fix)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    latent = {"auto": None, "on": True, "off": False}[args.latent]
-    out = model(image, num_inference_steps=args.steps, sampler=args.sampler, eta=args.eta, generator=generator,
-                output_type="np", tile_size=args.tile, tile_overlap=args.overlap, latent=latent,
-                progress=not args.no_progress, half=args.half, lens_info=lens, self_ensemble=args.self_ensemble,
-                color_fix=args.color_fix)
-    return out.images[0]
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The torch device of --device, resolved by refusion.cli.common.resolve_device: "auto" (the
-    default) is the process's own GPU under accelerate launch, else CUDA when there is one, else the CPU."""
-    try:
-        return common.resolve_device(name or "auto")
-    except common.UsageError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def restore_job(kind: str, model, sources: tuple[Path, ...], targets: tuple[Path, ...], *, args,
-                device: torch.device, lenses: dict[Path, LensInfo] | None) -> None:
+def restore_job(model, sources: tuple[Path, ...], targets: tuple[Path, ...], *, args, settings,
+                lenses: dict[Path, LensInfo] | None, progress: bool) -> None:
     """Restore one job and write its outputs: a stereo pair goes through the network in one pass
-    (left then right on channels) and each view is written to its own file, at its input's bit depth."""
+    (left then right on channels) and each view is written to its own file, at its input's bit depth.
+    With --samples the mean is the output, after the --save-std / --save-samples files."""
     import numpy as np
 
     from refusion.data.image_io import image_bit_depth, read_image, write_image
+    from refusion.inference.restorer import restore_image
 
     image = np.concatenate([read_image(src) for src in sources], axis=2)
-    restored = restore_one(kind, model, image, args, device, lenses and lenses[sources[0]], sources=sources,
-                           targets=targets)
-    for view, src, dst in zip(np.split(restored, len(sources), axis=2), sources, targets):
+    lens = lenses[sources[0]] if lenses else None
+    result = restore_image(model, image, settings.replace(lens_info=lens), progress=progress)
+    if result.samples is not None:
+        write_posterior_files(result, args, sources, targets)
+    for view, src, dst in zip(np.split(result.hwc(), len(sources), axis=2), sources, targets):
         bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
         write_image(dst, view, bit_depth=bit_depth)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    common.set_threads(args.threads)
+def _prepare(args, state, device):
+    """(inputs, outputs, the loaded model, the checked settings); UsageError for anything wrong before work."""
+    from refusion.cli.restore_jobs import check_summary_path
+    from refusion.inference.restorer import check_settings
 
+    inputs = list_inputs(args.input)
+    outputs = plan_outputs(inputs, args.output, args.input)
+    check_summary_path(args.summary, inputs, outputs)
+    with state.main_process_first():   # an official checkpoint is imported into the shared cache once
+        try:
+            model = load_model(args, device)
+        except (FileNotFoundError, ValueError):
+            raise                       # they name the file and the problem
+        except Exception as exc:  # any other failure to load the model is still a usage problem, not a crash
+            raise UsageError(f"cannot load --model {str(args.model)!r}: {type(exc).__name__}: {exc}") from None
+    check_posterior_flags(args, model.kind, outputs, UsageError)      # names every posterior flag given
+    settings = check_settings(model, settings_from(args), lens_later=True)
+    return inputs, outputs, model, settings
+
+
+def _run(args, state, device, model, settings, jobs, lenses) -> int:
+    """Restore the jobs of this process, report, write the summary; the exit status."""
     from accelerate.utils import gather_object
 
-    from refusion.cli.restore_jobs import (check_summary_path, exit_status, gather_records, manifest,
-                                           prepare_output, report, restore_state, run_share, settings_of,
-                                           write_summary)
+    from refusion.cli.restore_jobs import (exit_status, gather_records, manifest, prepare_output, report, run_share,
+                                           settings_of, write_summary)
     from refusion.data.image_io import image_pixels
-    from refusion.inference.ensemble import check_ensemble_network
-    from refusion.inference.loading import default_tlc, is_stereo
-    from refusion.inference.pipeline import RefusionPipeline
-    from refusion.inference.processes import end_processes
     from refusion.inference.workers import worker_models
 
-    try:
-        device = resolve_device(args.device)
-        state = restore_state(device)
-        inputs = list_inputs(args.input)
-        outputs = plan_outputs(inputs, args.output, args.input)
-        check_summary_path(args.summary, inputs, outputs)
-        with state.main_process_first():   # an official checkpoint is imported into the shared cache once
-            folder = model_folder(args)
-        kind, model = load_model(folder, device, args.weights)
-        args.tlc_size = False if args.no_tlc else (args.tlc if args.tlc is not None else default_tlc(folder))
-    except (UsageError, FileNotFoundError, ValueError) as exc:
-        print(f"restore: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # any other failure to load the model is still a usage problem, not a crash
-        print(f"restore: error: cannot load --model {str(args.model)!r}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 2
-    if kind == "regressor" and (args.steps or args.sampler or args.eta is not None) and state.is_main_process:
-        print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
-    args.no_progress = args.no_progress or not state.is_main_process   # one set of bars: the main process's
-    if isinstance(model, RefusionPipeline):
-        model.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
-    try:
-        stereo = isinstance(model, RefusionPipeline) and is_stereo(model.unet)
-        if stereo and args.self_ensemble:
-            check_ensemble_network(model.unet)          # the reason, before any pair is restored
-        jobs = plan_jobs(inputs, outputs, stereo=stereo)
-        lenses = lens_plan(args, inputs, model)
-        check_posterior_flags(args, kind, model, outputs, UsageError)
-    except (ValueError, UsageError) as exc:
-        print(f"restore: error: {exc}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     try:
         todo, skipped = prepare_output(jobs, args.output, skip_existing=args.skip_existing, state=state)
@@ -342,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     largest = max((image_pixels(src) or 0 for sources, _ in todo for src in sources), default=0)
     models, threads = worker_models(model, jobs=len(todo), largest_pixels=largest, workers=args.workers,
                                     cpu=device.type == "cpu")
-    workers = [partial(restore_job, kind, copy, args=args, device=device, lenses=lenses) for copy in models]
+    progress = not args.no_progress and len(models) == 1          # per-image step bars would interleave
+    workers = [partial(restore_job, copy, args=args, settings=settings, lenses=lenses, progress=progress)
+               for copy in models]
     records = gather_records(run_share(todo, workers, threads=threads, state=state, progress=not args.no_progress),
                              skipped, jobs)
     devices = gather_object([str(device)])
@@ -351,13 +292,37 @@ def main(argv: list[str] | None = None) -> int:
     if state.is_main_process:
         report(records, args.output, seconds)
         if args.summary is not None:
-            settings = settings_of(args, model_kind=kind, devices=devices, workers=len(models))
+            summary = settings_of(args, model_kind=model.kind, devices=devices, workers=len(models))
             try:
-                write_summary(args.summary, manifest(records, settings, processes=state.num_processes,
-                                                     seconds=seconds))
+                write_summary(args.summary, manifest(records, summary, processes=state.num_processes, seconds=seconds))
             except OSError as exc:
                 print(f"restore: error: cannot write --summary {str(args.summary)!r}: {exc}", file=sys.stderr)
                 status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.set_threads(args.threads)
+
+    from refusion.cli.restore_jobs import restore_state
+    from refusion.inference.processes import end_processes
+
+    try:
+        device = common.resolve_device(args.device or "auto")
+        state = restore_state(device)
+        inputs, outputs, model, settings = _prepare(args, state, device)
+        jobs = plan_jobs(inputs, outputs, stereo=model.capabilities.conditioning == "stereo")
+        lenses = lens_plan(args, inputs, model)
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        print(f"restore: error: {exc}", file=sys.stderr)
+        return 2
+    if model.kind == "regressor" and (args.steps or args.sampler or args.eta is not None) and state.is_main_process:
+        print("restore: note: --steps/--sampler/--eta are ignored for a regressor model", file=sys.stderr)
+    args.no_progress = args.no_progress or not state.is_main_process   # one set of bars: the main process's
+    if model.pipeline is not None:
+        model.pipeline.set_progress_bar_config(leave=False, desc="steps", disable=args.no_progress)
+    status = _run(args, state, device, model, settings, jobs, lenses)
     # every process has its records (the exit status is the same on all): they meet and the process group
     # ends here, not at interpreter exit, where tearing it down can abort a finished launch; an exception
     # above skips this, so a failing process exits at once and the launch ends non-zero

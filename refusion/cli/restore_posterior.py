@@ -67,8 +67,9 @@ def extra_paths(target: Path, args) -> list[Path]:
     return paths
 
 
-def check_posterior_flags(args, kind: str, model, outputs: list[Path], usage_error: type[Exception]) -> None:
-    """Every problem with the posterior flags, as ``usage_error`` naming the flag, before any image."""
+def check_posterior_flags(args, kind: str, outputs: list[Path], usage_error: type[Exception]) -> None:
+    """Every problem with the posterior flags, as ``usage_error`` naming the flag, before any image (whether
+    the sampler draws different samples is checked with the other settings, refusion.inference.restorer)."""
     given = _given(args)
     if not given:
         return
@@ -85,17 +86,6 @@ def check_posterior_flags(args, kind: str, model, outputs: list[Path], usage_err
         raise usage_error(f"--std-max must be > 0 (the std at the top of the colour scale), got {args.std_max}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise usage_error(f"--chunk-size must be >= 1 (samples per network batch), got {args.chunk_size}")
-    overrides = {k: v for k, v in (("sampler", args.sampler), ("eta", args.eta)) if v is not None}
-    try:
-        scheduler = type(model.scheduler).from_config(model.scheduler.config, **overrides)
-    except ValueError as exc:
-        raise usage_error(f"--sampler/--eta: {exc}") from None
-    from refusion.inference.sample_chunks import check_stochastic
-
-    try:
-        check_stochastic(scheduler, args.samples)
-    except ValueError as exc:
-        raise usage_error(f"--samples {args.samples}: {exc} (--sampler, --eta)") from None
     names = {os.path.normcase(p.name): p for p in outputs}
     for target in outputs:
         for extra in extra_paths(target, args):
@@ -129,20 +119,11 @@ def _hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).cpu().numpy()
 
 
-def restore_posterior(model, image: np.ndarray, args, device: torch.device, lens, sources, targets) -> np.ndarray:
-    """Sample the posterior of one image (both views of a stereo pair on channels), write the extra
-    files of every view, and return the mean as a float32 HWC array."""
-    import torch
-
+def write_posterior_files(result, args, sources, targets) -> None:
+    """The --save-std / --save-samples files of every view of one restored job (``result``: a
+    refusion.inference.restorer.Restoration with its samples; both views of a stereo pair on channels)."""
     from refusion.data.image_io import image_bit_depth, write_image
-    from refusion.inference.posterior import sample_posterior
 
-    latent = {"auto": None, "on": True, "off": False}[args.latent]
-    post = sample_posterior(image, model=model, num_samples=args.samples, steps=args.steps, sampler=args.sampler,
-                            eta=args.eta, generator=torch.Generator(device=device).manual_seed(args.seed),
-                            tile_size=args.tile, tile_overlap=args.overlap, latent=latent, half=args.half,
-                            lens_info=lens, progress=not args.no_progress, chunk_size=args.chunk_size,
-                            self_ensemble=args.self_ensemble, color_fix=args.color_fix)
     views = len(targets)
     std_max = args.std_max if args.std_max is not None else DEFAULT_STD_MAX
     for v, (src, dst) in enumerate(zip(sources, targets)):
@@ -151,11 +132,10 @@ def restore_posterior(model, image: np.ndarray, args, device: torch.device, lens
 
         extras = iter(extra_paths(dst, args))
         if args.save_std:
-            std = view(post.std[0])
+            std = view(result.std[0])
             write_image(next(extras), std_colormap(std, std_max), bit_depth=8)
             _write_tiff(next(extras), std)
         if args.save_samples:
             bit_depth = image_bit_depth(src) if dst.suffix.lower() in (".png", ".tif", ".tiff") else 8
-            for k in range(post.num_samples):
-                write_image(next(extras), view(post.samples[k, 0]), bit_depth=bit_depth)
-    return _hwc(post.mean[0])
+            for k in range(result.samples.shape[0]):
+                write_image(next(extras), view(result.samples[k, 0]), bit_depth=bit_depth)

@@ -15,15 +15,15 @@ keeps seed ``seed + i`` whichever process runs it, and the main process alone wr
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import timedelta
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from refusion.evaluation import metrics
@@ -32,7 +32,10 @@ from refusion.data.paired import find_pairs, stereo_groups
 from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.report import plot_psnr_vs_lpips, plot_steps_vs_quality, save_image_grid, write_tables
 from refusion.evaluation.statistics import CONFIDENCE, RESAMPLES, SEED, add_intervals
+from refusion.inference.model import LoadedModel, load_model
 from refusion.inference.processes import gather_in_order, process_device, process_share, process_state
+from refusion.inference.restorer import check_settings, restore_image
+from refusion.inference.settings import RestoreSettings
 from refusion.inference.workers import map_workers, worker_models
 
 INPUT_LABEL = "input (LQ)"
@@ -66,21 +69,6 @@ class Method:
         settings = [self.sampler, str(self.steps)] if self.kind == "sde" else []
         settings += [self.variant] if self.variant else []
         return f"{self.run_dir.name} [{', '.join(settings)}]" if settings else self.run_dir.name
-
-
-def run_kind(run_dir: Path) -> str:
-    """'sde' or 'regressor', read from the run's resolved recipe (or a saved pipeline folder)."""
-    recipe = run_dir / "recipe.yml"
-    if recipe.is_file():
-        task = yaml.safe_load(recipe.read_text()).get("task")
-        if task == "sde":
-            return "sde"
-        if task == "regressor":
-            return "regressor"
-        raise ValueError(f"{recipe}: task {task!r} cannot restore images; evaluate sde or regressor runs")
-    if (run_dir / "model_index.json").is_file():
-        return "sde"
-    raise FileNotFoundError(f"{run_dir} is neither a training run (no recipe.yml) nor a saved pipeline (no model_index.json)")
 
 
 def parse_sampler_specs(specs: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -120,19 +108,23 @@ def resolve_reference(reference: str | bool | None, methods: Sequence[Method]) -
     raise ValueError(f"reference {reference!r} matches no row; rows: {'; '.join(labels)}")
 
 
-def build_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, int, int]], *,
-                  self_ensemble: bool = False) -> list[Method]:
-    """Every SDE run with every (sampler, steps, samples); every regressor, and with ``self_ensemble``
-    its x8 self-ensemble as a second row."""
-    methods = []
-    for run_dir in run_dirs:
-        kind = run_kind(Path(run_dir))
-        if kind == "sde":
-            methods += [Method(Path(run_dir), "sde", s, n, k) for s, n, k in sampler_specs]
+def load_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, int, int]], *, device: str,
+                 self_ensemble: bool = False, options: Mapping[Path, Path] | None = None,
+                 state=None) -> tuple[list[Method], dict[Path, LoadedModel]]:
+    """Every model loaded once (refusion.load_model: runs, saved pipelines and regressors, imported official
+    folders, official checkpoint files with their ``options``), and the rows: every SDE model with every
+    (sampler, steps, samples); every regressor, and with ``self_ensemble`` its x8 self-ensemble as a second row."""
+    methods, loaded = [], {}
+    for run_dir in map(Path, run_dirs):
+        # an official checkpoint is imported into the shared cache by one process, then read by all
+        with state.main_process_first() if state is not None else contextlib.nullcontext():
+            loaded[run_dir] = load_model(run_dir, options=(options or {}).get(run_dir), device=device)
+        if loaded[run_dir].kind == "sde":
+            methods += [Method(run_dir, "sde", s, n, k) for s, n, k in sampler_specs]
         else:
-            methods.append(Method(Path(run_dir), "regressor"))
-            methods += [Method(Path(run_dir), "regressor", self_ensemble=True)] if self_ensemble else []
-    return methods
+            methods.append(Method(run_dir, "regressor"))
+            methods += [Method(run_dir, "regressor", self_ensemble=True)] if self_ensemble else []
+    return methods, loaded
 
 
 class _CallCounter:
@@ -152,82 +144,43 @@ class _CallCounter:
 
 @dataclass
 class _Restorer:
-    """Restores one (1,3,H,W) tensor at a time with a method; ``model``: its run, loaded (a pipeline or a
-    regressor network), shared by the methods of one run."""
+    """Restores one (1, C, H, W) tensor at a time with a method through the one restore path
+    (refusion.inference.restorer.restore_image); ``model``: its run, loaded once and shared by the methods
+    of that run; ``settings``: the method's settings, checked against the model before any image."""
 
     method: Method
-    device: str
-    model: torch.nn.Module
-    network: torch.nn.Module = field(init=False)
+    model: LoadedModel
+    settings: RestoreSettings
 
-    def __post_init__(self):
-        self.pipe = self.model if self.method.kind == "sde" else None
-        self.network = self.pipe.unet if self.pipe is not None else self.model
-
-    def check(self, lenses) -> None:
+    @classmethod
+    def checked(cls, method: Method, model: LoadedModel, lenses) -> "_Restorer":
         """Refuse, before anything is restored, what this method cannot do on this test set."""
-        from refusion.inference.sample_chunks import check_stochastic
-
-        name = type(self.network).__name__
-        if self.takes_lens_info and lenses is None:
-            raise ValueError(f"{self.method.run_dir} is a bokeh model ({name}): pass the test "
+        if model.capabilities.conditioning == "lens" and lenses is None:
+            raise ValueError(f"{method.run_dir} is a bokeh model ({type(model.network).__name__}): pass the test "
                              f"set's lens metadata (lens=PATH, --lens-meta PATH: lines 'id, src_lens, tgt_lens, "
                              f"disparity')")
-        if self.method.self_ensemble and self.is_stereo:
-            raise ValueError(f"{self.method.run_dir} is a stereo network ({name}): the x8 self-ensemble does not "
-                             f"apply to view pairs; leave out --self-ensemble (self_ensemble=False)")
-        if self.method.samples > 1:
-            scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config, sampler=self.method.sampler)
-            try:
-                check_stochastic(scheduler, self.method.samples)
-            except ValueError as exc:
-                raise ValueError(f"sampler spec of {self.method.label!r}: {exc}") from None
+        wanted = RestoreSettings(sampler=method.sampler, steps=method.steps, samples=method.samples,
+                                 self_ensemble=method.self_ensemble)
+        try:
+            return cls(method, model, check_settings(model, wanted, lens_later=True))
+        except ValueError as exc:
+            raise ValueError(f"{method.label!r}: {exc}") from None
+
+    @property
+    def network(self):
+        return self.model.network
 
     @property
     def is_stereo(self) -> bool:
-        from refusion.inference.loading import is_stereo
-
-        return is_stereo(self.network)
-
-    @property
-    def takes_lens_info(self) -> bool:
-        from refusion.inference.pipeline import takes_lens_info
-
-        return takes_lens_info(self.network)
+        return self.model.capabilities.conditioning == "stereo"
 
     def __call__(self, lq: torch.Tensor, seed: int, lens=None) -> torch.Tensor:
         """``lens``: the image's lens information, used by bokeh networks only. A mean of K draws its K
         samples' seeds from the one generator seeded with ``seed``."""
-        from refusion.inference.posterior import sample_posterior
-        from refusion.inference.restoration import restore
-
-        if self.method.kind == "sde":
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            lens_info = lens if self.takes_lens_info else None
-            if self.method.samples > 1:
-                return sample_posterior(lq, model=self.pipe, num_samples=self.method.samples, steps=self.method.steps,
-                                        sampler=self.method.sampler, generator=generator, progress=False,
-                                        lens_info=lens_info).mean
-            return self.pipe(lq, num_inference_steps=self.method.steps, sampler=self.method.sampler,
-                             generator=generator, output_type="pt", progress=False, lens_info=lens_info).images
-        return restore(lq, model=self.network, progress=False, self_ensemble=self.method.self_ensemble)
-
-
-def _restorers(methods: Sequence[Method], device: str, lenses) -> list[_Restorer]:
-    """One restorer per method, each run loaded once (and all kept in memory), every method checked
-    before any image is restored."""
-    from refusion.inference.loading import load_regressor
-    from refusion.inference.pipeline import load_pipeline
-
-    loaded: dict[Path, torch.nn.Module] = {}
-    restorers = []
-    for method in methods:
-        if method.run_dir not in loaded:
-            loaded[method.run_dir] = (load_pipeline(method.run_dir, device=device) if method.kind == "sde" else
-                                      load_regressor(method.run_dir).to(device).eval())
-        restorers.append(_Restorer(method, device, loaded[method.run_dir]))
-        restorers[-1].check(lenses)
-    return restorers
+        takes_lens = self.model.capabilities.conditioning == "lens"
+        settings = self.settings.replace(seed=seed if self.model.kind == "sde" else None,
+                                         lens_info=lens if takes_lens else None)
+        return restore_image(self.model, lq, settings).image
 
 
 def evaluate_runs(
@@ -237,6 +190,7 @@ def evaluate_runs(
     out_dir: str | Path,
     *,
     samplers: Sequence[str] = ("posterior:100",),
+    options: Mapping[str | Path, str | Path] | None = None,
     seed: int = 0,
     device: str = "cpu",
     max_images: int | None = None,
@@ -252,6 +206,9 @@ def evaluate_runs(
 ) -> dict | None:
     """Evaluate every method on the same pairs; write tables, plots, grid and restored images.
 
+    ``run_dirs``: anything refusion.load_model takes as a path (runs, saved pipelines and regressors,
+    imported official folders, official checkpoint files); ``options``: the option file of each checkpoint
+    file among them ({checkpoint: option file}).
     ``lens``: the test set's lens metadata (a meta.txt, refusion.data.lens), needed when a run is a bokeh
     model; every test image must have an entry (checked before any restoration).
     ``reference``: the row every other row is compared with image by image (resolve_reference: a row's
@@ -269,8 +226,43 @@ def evaluate_runs(
     """
     out_dir = Path(out_dir)
     state = process_state(device, timeout=WAIT_LIMIT)
-    methods = build_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers), self_ensemble=self_ensemble)
+    device = process_device(device, state)
+    test = _read_test_set(test_gt, test_lq, max_images, lens, grid_images)
+    methods, loaded = load_methods([Path(r) for r in run_dirs], parse_sampler_specs(samplers), device=device,
+                                   self_ensemble=self_ensemble, state=state,
+                                   options={Path(k): Path(v) for k, v in (options or {}).items()})
     reference = resolve_reference(reference, methods)
+    restorers = [_Restorer.checked(m, loaded[m.run_dir], test.lenses) for m in methods]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = test.pairs
+    score = _scorer(crop_border, test_y_channel, lpips_net, test)
+    done = [(i, {"image": name, **score(test.lqs[name], test.gts[name]), "seconds": 0.0})
+            for i, (name, _, _) in process_share(pairs, state)]
+    rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), test.order)]
+    largest = max(lq.shape[0] * lq.shape[1] for lq in test.lqs.values())
+    restorer_sets, threads = worker_models(restorers, jobs=len(pairs), largest_pixels=largest, workers=workers,
+                                           cpu=torch.device(device).type == "cpu")   # one list of copies per worker
+    restored = {}
+    for m, method in enumerate(methods):
+        row, grid = _evaluate_method(m, method, restorer_sets, threads, test, score, seed=seed, device=device,
+                                     out_dir=out_dir, state=state, progress=progress)
+        rows.append(row)
+        restored.update({(method.label, name): img for name, img in grid.items()})
+    if not state.is_main_process:
+        return None
+    notes = _notes(test, reference, score, test_lq=test_lq, seed=seed, workers=len(restorer_sets), threads=threads)
+    add_intervals(rows, reference, groups=test.scenes)
+    artefacts = write_tables(rows, out_dir, notes=notes)
+    artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
+    artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
+    grid_pairs = [pair for pair in pairs if pair[0] in test.grid_names]
+    artefacts["grid"] = _grid(grid_pairs, methods, rows, test.lqs, test.gts, restored, out_dir / "grid.png")
+    return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes,
+            "reference": reference}
+
+
+def _read_test_set(test_gt, test_lq, max_images, lens, grid_images: int) -> "_TestSet":
+    """The test pairs, their images and (with ``lens``, a meta.txt) every image's lens information."""
     pairs = find_pairs(test_gt, test_lq)[: max_images or None]
     if not pairs:
         raise ValueError(f"no test pairs in {test_gt} / {test_lq}")
@@ -278,77 +270,84 @@ def evaluate_runs(
     if lens is not None:
         table = read_lens_metadata(lens)
         lenses = {name: lens_info_for(table, name, source=lens, image=str(lq)) for name, _, lq in pairs}
-    device = process_device(device, state)
-    restorers = _restorers(methods, device, lenses)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    gts = {name: read_image(gt) for name, gt, _ in pairs}
-    lqs = {name: read_image(lq) for name, _, lq in pairs}
+    return _TestSet(pairs, {name: read_image(lq) for name, _, lq in pairs},
+                    {name: read_image(gt) for name, gt, _ in pairs}, lenses, {name for name, _, _ in _spread(pairs, grid_images)})
 
-    lpips_reason = None
+
+@dataclass
+class _TestSet:
+    """The test pairs as read once: names in order, LQ and GT images, lens information, the grid's images."""
+
+    pairs: list
+    lqs: dict
+    gts: dict
+    lenses: dict | None
+    grid_names: set
+
+    @property
+    def order(self) -> dict[str, int]:
+        return {name: i for i, (name, _, _) in enumerate(self.pairs)}
+
+    @property
+    def scenes(self) -> dict[str, str] | None:
+        return _scene_groups([name for name, _, _ in self.pairs])
+
+
+def _scorer(crop_border: int, test_y_channel: bool, lpips_net: str, test: _TestSet) -> "_Scorer":
+    """The scorer, with LPIPS only when its weights load (the reason is kept for the notes)."""
+    first = test.gts[test.pairs[0][0]]
     try:
-        metrics.lpips(gts[pairs[0][0]], gts[pairs[0][0]], net=lpips_net)
+        metrics.lpips(first, first, net=lpips_net)
     except metrics.LPIPSUnavailable as err:
-        lpips_reason = str(err)
-    score = _Scorer(crop_border, test_y_channel, lpips_net if lpips_reason is None else None)
-    order = {name: i for i, (name, _, _) in enumerate(pairs)}
-    grid_pairs = _spread(pairs, grid_images)
-    grid_names = {name for name, _, _ in grid_pairs}
+        return _Scorer(crop_border, test_y_channel, None, requested=lpips_net, reason=str(err))
+    return _Scorer(crop_border, test_y_channel, lpips_net, requested=lpips_net)
 
-    done = [(i, {"image": name, **score(lqs[name], gts[name]), "seconds": 0.0})
-            for i, (name, _, _) in process_share(pairs, state)]
-    rows = [_row(INPUT_LABEL, "input", "input", None, None, 0, gather_in_order(done), order)]
-    restored = {}
-    largest = max(lq.shape[0] * lq.shape[1] for lq in lqs.values())
-    restorer_sets, threads = worker_models(restorers, jobs=len(pairs), largest_pixels=largest, workers=workers,
-                                           cpu=torch.device(device).type == "cpu")   # one list of copies per worker
-    for m, (method, restorer) in enumerate(zip(methods, restorers)):
-        jobs = _jobs(pairs, stereo=restorer.is_stereo)
-        counted = [(own[m], _CallCounter(own[m].network)) for own in restorer_sets]
-        share = process_share(jobs, state)
-        bar = tqdm(total=len(share), desc=method.label, disable=not (progress and state.is_main_process), leave=False)
 
-        def one_pass(worker, item):
-            (own_restorer, counter), (index, names) = worker, item
-            # a stereo network restores the two views of a pair in one pass, left then right on channels
-            lq = torch.from_numpy(np.concatenate([lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
-            calls, start = counter.count, time.perf_counter()
-            out = own_restorer(lq, seed + index, lenses and lenses[names[0]])
-            seconds = time.perf_counter() - start
-            views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
-            records, grid = [], {}
-            for name, img in zip(names, views):
-                records.append({"image": name, **score(img, gts[name]), "seconds": seconds / len(names)})
-                if name in grid_names:
-                    grid[name] = img
-                _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
-            return index, (records, counter.count - calls, grid)
+def _evaluate_method(m: int, method: Method, restorer_sets, threads, test: _TestSet, score, *, seed: int, device,
+                     out_dir: Path, state, progress: bool) -> tuple[dict, dict]:
+    """One row: every pass of this process restored (its PNGs written), the scores gathered from all
+    processes; and the grid's images of this method."""
+    jobs = _jobs(test.pairs, stereo=restorer_sets[0][m].is_stereo)
+    counted = [(own[m], _CallCounter(own[m].network)) for own in restorer_sets]
+    share = process_share(jobs, state)
+    bar = tqdm(total=len(share), desc=method.label, disable=not (progress and state.is_main_process), leave=False)
 
-        with bar:
-            done = map_workers(one_pass, share, counted, threads=threads, on_result=lambda _: bar.update())
-        for _, counter in counted:
-            counter.close()
-        passes = gather_in_order(done)   # every process takes part; only the main one uses the result
-        nfe = sum(calls for _, calls, _ in passes) / len(passes)
-        rows.append(_row(method.label, method.run_dir.name, method.kind, method.sampler, method.steps, nfe,
-                         [r for records, _, _ in passes for r in records], order, variant=method.variant))
-        restored.update({(method.label, name): img for _, _, grid in passes for name, img in grid.items()})
-    if not state.is_main_process:
-        return None
+    def one_pass(worker, item):
+        (own_restorer, counter), (index, names) = worker, item
+        # a stereo network restores the two views of a pair in one pass, left then right on channels
+        lq = torch.from_numpy(np.concatenate([test.lqs[n] for n in names], axis=2)).permute(2, 0, 1)[None].to(device)
+        calls, start = counter.count, time.perf_counter()
+        out = own_restorer(lq, seed + index, test.lenses and test.lenses[names[0]])
+        seconds = time.perf_counter() - start
+        views = np.split(out[0].permute(1, 2, 0).float().cpu().numpy(), len(names), axis=2)
+        records, grid = [], {}
+        for name, img in zip(names, views):
+            records.append({"image": name, **score(img, test.gts[name]), "seconds": seconds / len(names)})
+            if name in test.grid_names:
+                grid[name] = img
+            _save_png(out_dir / "images" / _slug(method.label) / f"{name}.png", img)
+        return index, (records, counter.count - calls, grid)
 
-    scenes = _scene_groups([name for name, _, _ in pairs])
-    add_intervals(rows, reference, groups=scenes)
-    notes = [f"PSNR/SSIM: BasicSR protocol, crop_border={crop_border}, test_y_channel={test_y_channel}; "
-             f"LPIPS: {lpips_net}" + (f" unavailable ({lpips_reason})" if lpips_reason else ""),
-             f"{len(pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo view pair)",
-             _interval_note(len(pairs), reference, scenes),
-             f"{len(restorer_sets)} image(s) restored at once per process, {threads or torch.get_num_threads()} torch "
-             f"thread(s) each; s / image is one image's own wall time"]
-    artefacts = write_tables(rows, out_dir, notes=notes)
-    artefacts["psnr_vs_lpips"] = plot_psnr_vs_lpips(rows, out_dir / "psnr_vs_lpips.png")
-    artefacts["steps_vs_quality"] = plot_steps_vs_quality(rows, out_dir / "steps_vs_quality.png")
-    artefacts["grid"] = _grid(grid_pairs, methods, rows, lqs, gts, restored, out_dir / "grid.png")
-    return {"rows": rows, "artefacts": {k: v for k, v in artefacts.items() if v is not None}, "notes": notes,
-            "reference": reference}
+    with bar:
+        done = map_workers(one_pass, share, counted, threads=threads, on_result=lambda _: bar.update())
+    for _, counter in counted:
+        counter.close()
+    passes = gather_in_order(done)   # every process takes part; only the main one uses the result
+    nfe = sum(calls for _, calls, _ in passes) / len(passes)
+    row = _row(method.label, method.run_dir.name, method.kind, method.sampler, method.steps, nfe,
+               [r for records, _, _ in passes for r in records], test.order, variant=method.variant)
+    return row, {name: img for _, _, grid in passes for name, img in grid.items()}
+
+
+def _notes(test: _TestSet, reference, score, *, test_lq, seed: int, workers: int, threads) -> list[str]:
+    lpips = f"LPIPS: {score.requested}" + (f" unavailable ({score.reason})" if score.reason else "")
+    return [f"PSNR/SSIM: BasicSR protocol, crop_border={score.crop_border}, test_y_channel={score.test_y_channel}; "
+            + lpips,
+            f"{len(test.pairs)} test pairs from {test_lq}; seeds from {seed}, one per network pass (image, or stereo "
+            f"view pair)",
+            _interval_note(len(test.pairs), reference, test.scenes),
+            f"{workers} image(s) restored at once per process, {threads or torch.get_num_threads()} torch "
+            f"thread(s) each; s / image is one image's own wall time"]
 
 
 def _jobs(pairs, *, stereo: bool) -> list[tuple[str, ...]]:
@@ -362,11 +361,14 @@ def _jobs(pairs, *, stereo: bool) -> list[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class _Scorer:
-    """PSNR, SSIM and (when ``lpips_net`` is set) LPIPS of one restored image against its ground truth."""
+    """PSNR, SSIM and (when ``lpips_net`` is set) LPIPS of one restored image against its ground truth;
+    ``requested``: the LPIPS network asked for, ``reason``: why LPIPS is unavailable."""
 
     crop_border: int
     test_y_channel: bool
     lpips_net: str | None
+    requested: str = "alex"
+    reason: str | None = None
 
     def __call__(self, img: np.ndarray, gt: np.ndarray) -> dict:
         kw = dict(crop_border=self.crop_border, test_y_channel=self.test_y_channel)
@@ -414,7 +416,7 @@ def _interval_note(n: int, reference: str | None, scenes: dict[str, str] | None)
 
 
 def _grid(pairs, methods, rows, lqs, gts, restored, path: Path) -> Path:
-    """LQ | regressors | the best-PSNR setting of each SDE sampler | GT, one row per image."""
+    """LQ | regressors | each SDE sampler (and mean of K) at its largest step count | GT, one row per image."""
     by_label = {r["method"]: r for r in rows}
     chosen = [m for m in methods if m.kind == "regressor"]
     best: dict[tuple, Method] = {}

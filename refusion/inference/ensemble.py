@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from refusion.inference.loading import is_stereo
+from refusion.models.capabilities import GENERIC_NOISE, capabilities_of
 from refusion.schedulers.ir_sde import randn_like_batch
 
 __all__ = ["ENSEMBLE_SIZE", "dihedral", "undo_dihedral", "check_ensemble_network", "ensemble_mean",
@@ -65,7 +65,7 @@ def undo_dihedral(y: torch.Tensor, k: int) -> torch.Tensor:
 
 def check_ensemble_network(net) -> None:
     """ValueError for a network the self-ensemble is not defined for (stereo pairs, see the module doc)."""
-    if is_stereo(net):
+    if capabilities_of(net, GENERIC_NOISE).conditioning == "stereo":
         raise ValueError(f"self_ensemble is not available for the stereo network {type(net).__name__}: its input "
                          f"is a left/right pair whose disparity runs along the rows, so a 90-degree rotation breaks "
                          f"the epipolar geometry and a horizontal flip would have to swap the views; restore "

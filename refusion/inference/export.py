@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from refusion.config import TASK_MODELS
-from refusion.inference.loading import is_stereo, is_unconditional, network_channels, spatial_multiple
+from refusion.models.capabilities import capabilities_of
 from refusion.models import final_output
 
 __all__ = ["example_inputs", "input_names", "export_onnx", "runtime_session", "check_onnx"]
@@ -32,7 +31,7 @@ INSTALL_HINT = 'ONNX export needs onnx, onnxscript and onnxruntime: pip install 
 
 
 def _is_noise_network(net) -> bool:
-    return type(net).__name__ in TASK_MODELS["sde"]
+    return capabilities_of(net).purpose == "noise"
 
 
 def _cond_channels(net) -> int:
@@ -42,9 +41,10 @@ def _cond_channels(net) -> int:
 
 def _kind(net) -> str:
     """How the network is called: image | unconditional net(x_t, t) | bokeh (lens_info) | noise net(x_t, mu, t)."""
-    if is_unconditional(net):
+    conditioning = capabilities_of(net).conditioning
+    if _is_noise_network(net) and conditioning == "none":
         return "unconditional"
-    if type(net).__name__ == "BokehNAFNet":
+    if conditioning == "lens":
         return "bokeh"
     return "noise" if _is_noise_network(net) else "image"
 
@@ -79,7 +79,7 @@ def input_names(net) -> list[str]:
 
 def example_inputs(net, *, batch: int = 1, height: int = 64, width: int = 64, seed: int = 0) -> tuple:
     """Random inputs of the right kinds and channel counts for ``net`` (float32, NCHW)."""
-    channels = network_channels(net) or 3
+    channels = capabilities_of(net).input_channels or 3
     generator = torch.Generator().manual_seed(seed)
     image = lambda c: torch.rand(batch, c, height, width, generator=generator)  # noqa: E731
     kind = _kind(net)
@@ -120,7 +120,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     from torch.export import Dim
 
     path = Path(path)
-    if is_stereo(net):
+    if capabilities_of(net).conditioning == "stereo":
         # the exporter fixes the batch size of its cross-view attention (views stacked on the batch
         # axis): the graph would run one batch size only, so no graph is written
         raise ValueError("ONNX export of StereoNAFNet is not supported: torch's exporter specialises the batch "
@@ -131,7 +131,7 @@ def export_onnx(net: torch.nn.Module, path: str | Path, *, example_size: int = 6
     inputs = example_inputs(net, batch=2, height=example_size, width=example_size + 16)
     # below one padding multiple PyTorch pads by replication instead of reflection, a branch the
     # exported graph does not keep: sides start at the multiple
-    multiple = max(spatial_multiple(net), int(getattr(net, "pad_multiple", 1)))
+    multiple = capabilities_of(net).multiple
     batch = Dim("batch", min=1, max=1024)
     height, width = Dim("height", min=multiple, max=65536), Dim("width", min=multiple, max=65536)
     height, width = Dim("height", min=multiple, max=65536), Dim("width", min=multiple, max=65536)

@@ -1,11 +1,12 @@
-"""Loading networks from training runs and saved directories, and what the pipeline reads from them.
+"""Reading networks and their settings from training runs and saved directories.
 
 - :func:`read_run_task`: the ``task:`` of a run directory's recipe.yml.
 - :func:`load_network`: a network saved with ``save_pretrained`` (safetensors only, checksums
   verified, non-finite weights refused), copied out of the file mapping.
-- :func:`load_regressor`: a regressor (NAFNet, Baseline, HINet, NAFFT-Net) from a run or model directory.
-- :func:`spatial_multiple`, :func:`network_channels`: the side multiple a network pads to and the
-  image channels it takes, read from its config.
+- :func:`run_train_patch`, :func:`default_tlc`: the TLC sizes a run or an imported folder asks for.
+
+Which kind of model a folder holds is decided in one place, refusion.inference.model.load_model; what a
+network can do is declared by the network (refusion.models.capabilities).
 """
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ import yaml
 
 from refusion.checksums import verify_weights_dir
 
-__all__ = ["REGRESSOR_NAMES", "WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weights_dir",
-           "load_regressor", "spatial_multiple", "network_channels", "run_train_patch", "INFERENCE_FILE",
-           "read_inference_defaults", "default_tlc", "is_stereo", "STEREO_NETWORKS", "is_unconditional", "UNCONDITIONAL_NETWORKS"]
-
-# networks that map an image to its restoration in one pass (refusion.restore)
-REGRESSOR_NAMES = ("NAFNet", "Baseline", "HINet", "NAFFTNet")
-
+__all__ = ["WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weights_dir", "run_train_patch",
+           "INFERENCE_FILE", "read_inference_defaults", "default_tlc"]
 
 def read_run_task(run_dir: Path) -> str:
     """The ``task:`` of a training run directory's recipe.yml (sde | regressor | latent_autoencoder)."""
@@ -101,68 +97,6 @@ def weights_dir(run_dir: Path, weights: str) -> Path:
     if weights not in ("model", "best"):
         raise ValueError(f"weights must be 'model' (final weights) or 'best' (best validation PSNR), got {weights!r}")
     return run_dir / weights
-
-
-def load_regressor(path: str | Path, *, weights: str = "model"):
-    """A regressor from a run directory (task: regressor) or a directory holding config.json + weights.
-
-    ``weights``: "model" (the run's final weights) or "best" (best validation PSNR) of a run.
-    """
-    path = Path(path)
-    if (path / "config.json").is_file():
-        net = load_network(path)
-    elif not path.is_dir():
-        raise FileNotFoundError(f"model path {str(path)!r} is not a directory; pass a regressor run directory")
-    else:
-        task = read_run_task(path)
-        if task != "regressor":
-            raise ValueError(f"{path} is a {task!r} run; refusion.restore needs a regressor run "
-                             f"(use refusion.sample for sde runs)")
-        net = load_network(weights_dir(path, weights))
-    if type(net).__name__ not in REGRESSOR_NAMES:
-        raise ValueError(f"{path} holds a {type(net).__name__}, not a regressor ({', '.join(REGRESSOR_NAMES)})")
-    return net
-
-
-def _config(net) -> dict:
-    config = getattr(net, "config", None)
-    return dict(config) if config is not None else {}
-
-
-def spatial_multiple(net) -> int:
-    """The side multiple a network pads to (2^levels), so tiles need no padding; 8 when unknown."""
-    config = _config(net)
-    if "enc_blk_nums" in config:                    # NAFNet family, ConditionalNAFNet
-        return 2 ** len(config["enc_blk_nums"])
-    if "nf" in config and "depth" in config:        # ConditionalUNet
-        return 2 ** config["depth"]
-    if "wf" in config and "depth" in config:        # HINet
-        return 2 ** (config["depth"] - 1)
-    return 8
-
-
-# networks whose input holds two views stacked on channels (left first)
-STEREO_NETWORKS = ("StereoNAFNet",)
-# noise networks of the DenoisingSDE (codes/config/denoising-sde): net(x_t, t), no degraded image input
-UNCONDITIONAL_NETWORKS = ("UnconditionalNAFNet", "UnconditionalUNet")
-
-
-def is_stereo(net) -> bool:
-    return type(net).__name__ in STEREO_NETWORKS
-
-
-def is_unconditional(net) -> bool:
-    return type(net).__name__ in UNCONDITIONAL_NETWORKS
-
-
-def network_channels(net) -> int | None:
-    """Image channels a network takes (None when it does not say); both views for stereo networks."""
-    config = _config(net)
-    for key in ("img_channel", "in_nc", "in_chn", "in_ch"):
-        if key in config:
-            return int(config[key]) * (2 if is_stereo(net) else 1)
-    return None
-
 
 
 def run_train_patch(path: Path) -> int | None:

@@ -1,15 +1,16 @@
-"""Inference: RefusionPipeline (a diffusers DiffusionPipeline), load_pipeline, sample and restore.
+"""Inference: RefusionPipeline (a diffusers DiffusionPipeline), the reverse-SDE loop and load_pipeline.
 
 - ``RefusionPipeline(unet, scheduler, autoencoder=None)`` runs the reverse IR-SDE from the noisy
   degraded image x_T = mu + lambda*z to the restored image, optionally tile by tile and
   optionally in the latent space of a LatentUNet (for very large inputs).
+- ``sde_sample`` is the loop itself (one small function: timesteps, initial state, network call,
+  scheduler step); ``sde_samples`` runs it once or for K posterior samples in chunks.
 - ``load_pipeline(path)`` reads a training run directory or a directory written by
   ``RefusionPipeline.save_pretrained``.
-- ``sample(lq, model=...)`` / ``restore(lq, model=...)`` are the one-line forms for SDE runs and
-  for deterministic regressors (NAFNet, Baseline, HINet, NAFFT-Net); both take a tensor, numpy
-  array or PIL image and return the same kind. ``restore`` lives in refusion.inference.restoration, the
-  loaders in refusion.inference.loading, the half-precision path in refusion.inference.precision; all are importable
-  from here as before.
+
+The one-line forms live elsewhere: ``refusion.sample`` in refusion.inference.sampling, ``refusion.restore``
+in refusion.inference.restoration, ``refusion.sample_posterior`` in refusion.inference.posterior; all of
+them, the command line, the app and evaluation restore through refusion.inference.restorer.
 
 Integrity: a folder written by the training engine (model/, best/, scheduler/, autoencoder/) or
 by ``RefusionPipeline.save_pretrained`` carries ``checksums.json`` (sha256 of every file); the
@@ -33,21 +34,23 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from refusion.checksums import verify_weights_dir, write_weights_manifest
-from refusion.data.inputs import from_batch, tensor_to_numpy, tensor_to_pil, to_batch
-from refusion.data.lens import lens_arguments, lens_batch
-from refusion.inference.loading import (REGRESSOR_NAMES, is_unconditional, load_network, network_channels, own_memory,
-                                        read_run_task, spatial_multiple, weights_dir)
+from refusion.data.inputs import tensor_to_numpy, tensor_to_pil, to_batch
+from refusion.data.lens import lens_batch
 from refusion.inference.allocator import tune_malloc_for
-from refusion.inference.color_fix import check_color_fix, fix_restored
+from refusion.inference.color_fix import fix_restored
 from refusion.inference.ensemble import (check_ensemble_network, ensemble_predict, mean_over_ensemble,
                                          repeat_for_ensemble, shared_noise)
+from refusion.inference.loading import load_network, own_memory, read_run_task, weights_dir
+from refusion.inference.network_calls import noise_call
 from refusion.inference.precision import InferenceNetwork, check_finite, nonfinite_hint, to_float32
-from refusion.inference.sample_chunks import check_num_samples, check_stochastic, sample_generators, sample_in_chunks
+from refusion.inference.sample_chunks import check_stochastic, sample_generators, sample_in_chunks
+from refusion.inference.settings import RestoreSettings
+from refusion.inference.tiling import tiled_apply, validate_tiling
+from refusion.models.capabilities import GENERIC_NOISE, capabilities_of
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
-from refusion.inference.tiling import tiled_apply, validate_tiling
 
-__all__ = ["RefusionPipeline", "RefusionPipelineOutput", "load_pipeline", "sample", "sde_sample",
+__all__ = ["RefusionPipeline", "RefusionPipelineOutput", "load_pipeline", "sde_sample", "sde_samples", "upscale_lq",
            "LATENT_AUTO_PIXELS", "LATENT_TILE_DEFAULT"]
 
 # latent=None picks the autoencoder path above this many pixels per image (about 4 megapixels)
@@ -68,32 +71,13 @@ class RefusionPipelineOutput(BaseOutput):
 
 
 
-# noise networks that embed the lens information (codes/config/latent-bokeh): net(x_t, mu, t, lens_info=[...])
-LENS_NETWORKS = ("BokehNAFNet",)
-
-
-def takes_lens_info(net) -> bool:
-    return type(net).__name__ in LENS_NETWORKS
-
-
-def _lens_arguments(noise_fn, lens_info, batch: int, device: torch.device) -> list | None:
-    """The network's ``lens_info=`` list of (B,) tensors, checked against what the network takes."""
-    if lens_info is None:
-        if takes_lens_info(noise_fn):
-            raise ValueError(f"{type(noise_fn).__name__} embeds the lens information of every image: pass "
-                             f"lens_info=[src_lens, tgt_lens, disparity] (a (B, 3) tensor or three values; "
-                             f"refusion.data.lens.lens_info encodes lens names such as 'Sony50mmf1.8BS')")
-        return None
-    if isinstance(noise_fn, torch.nn.Module) and not takes_lens_info(noise_fn):
-        raise ValueError(f"lens_info was given but the noise network is a {type(noise_fn).__name__}, which takes "
-                         f"no lens information (only {', '.join(LENS_NETWORKS)} does)")
-    return lens_arguments(lens_batch(lens_info, batch).to(device))
-
-
 def _check_generator(generator: Generator, batch: int) -> None:
     if isinstance(generator, (list, tuple)) and len(generator) != batch:
         raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {batch} "
                          f"images; pass one generator or one per image")
+
+
+StepCallback = Callable[[int, int], None]
 
 
 def sde_sample(
@@ -105,19 +89,24 @@ def sde_sample(
     generator: Generator = None,
     tile_size: int | None = None,
     tile_overlap: int = 32,
-    multiple: int = 8,
+    multiple: int | None = None,
     cond: torch.Tensor | None = None,
     progress: Callable[[Sequence[int]], Any] = lambda steps: steps,
     half: bool = False,
     lens_info: Any = None,
     self_ensemble: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run the reverse SDE from x_T = mu + lambda*z; returns x_0 (not clamped).
 
-    ``noise_fn(x_t, mu, t)`` (plus ``cond=`` when given; ``lens_info=`` for the bokeh network, the
-    (B,) columns of ``lens_info``, see refusion.data.lens.lens_batch) predicts the noise, ``t`` a (B,) int64
-    tensor. ``scheduler`` is used as is (``set_timesteps`` is called on it). With ``tile_size``
-    the network runs tile-wise on the full-size state; the noise is drawn at full size.
+    ``noise_fn`` predicts the noise and is called as its capabilities say
+    (refusion.inference.network_calls): ``noise_fn(x_t, mu, t)`` (plus ``cond=`` when given), ``noise_fn(x_t, t)``
+    for an unconditional network, ``lens_info=`` (the (B,) columns of ``lens_info``, see
+    refusion.data.lens.lens_batch) for the bokeh network; ``t`` a (B,) int64 tensor. A callable that
+    declares nothing is called as ``noise_fn(x_t, mu, t)``. ``scheduler`` is used as is (``set_timesteps``
+    is called on it). With ``tile_size`` the network runs tile-wise on the full-size state (tiles at
+    ``multiple``, None: the network's own); the noise is drawn at full size. ``callback(done, total)``
+    is called before the first step (done 0) and after every step.
 
     The network gets its inputs in channels_last layout (refusion.inference.precision.InferenceNetwork).
     ``half``: it runs with bfloat16 (CPU) / float16 (CUDA) channels_last weights cast once for the
@@ -135,9 +124,13 @@ def sde_sample(
     """
     batch = mu.shape[0]
     _check_generator(generator, batch)
+    caps = capabilities_of(noise_fn, GENERIC_NOISE)
     if self_ensemble:
         check_ensemble_network(noise_fn)
-    lens = _lens_arguments(noise_fn, lens_info, batch, mu.device)   # per image: the same for every tile
+    multiple = multiple or caps.multiple
+    # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
+    call = noise_call(InferenceNetwork(noise_fn, mu.device, half=half), caps, name=type(noise_fn).__name__,
+                      lens_info=lens_info, batch=batch, device=mu.device)
     scheduler.set_timesteps(num_inference_steps)          # timesteps stay on the host: Python ints below
     steps = [int(t) for t in scheduler.timesteps]
     x = scheduler.initial_sample(mu, generator=generator)
@@ -147,21 +140,15 @@ def sde_sample(
         x, state_mu = repeat_for_ensemble(x), repeat_for_ensemble(mu)
     draws = self_ensemble and getattr(scheduler, "is_stochastic", True)     # a step that draws noise
     first_bad = torch.full((), -1, dtype=torch.long, device=mu.device)   # index of the first NaN/Inf output
-    # inputs go channels_last at each call; half: the weights are cast once here; the state stays float32
-    net = InferenceNetwork(noise_fn, mu.device, half=half)
-    unconditional = is_unconditional(noise_fn)
+    if callback is not None:
+        callback(0, len(steps))
     for index, t in enumerate(progress(steps)):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=mu.device)
 
-        def predict(x_t, mu_t, cond_t=None):
-            if unconditional:        # the DenoisingSDE's networks see only the state
-                return to_float32(net(x_t, t_batch))
-            if lens is not None:
-                return to_float32(net(x_t, mu_t, t_batch, lens_info=lens))
-            out = net(x_t, mu_t, t_batch) if cond_t is None else net(x_t, mu_t, t_batch, cond=cond_t)
-            return to_float32(out)
-
         def apply(x_t, *inputs_t):
+            def predict(x_tile, mu_tile, cond_tile=None):
+                return to_float32(call(x_tile, mu_tile, t_batch, cond_tile))
+
             if tile_size:
                 return tiled_apply(predict, [x_t, *inputs_t], tile_size, tile_overlap, multiple)
             return predict(x_t, *inputs_t)
@@ -171,6 +158,8 @@ def sde_sample(
         first_bad = torch.where(bad & (first_bad < 0), index, first_bad)
         noise = shared_noise(mu, generator) if draws else None     # one draw for all 8, as a plain run draws it
         x = scheduler.step(noise_pred, t, x, mu=state_mu, generator=generator, variance_noise=noise).prev_sample
+        if callback is not None:
+            callback(index + 1, len(steps))
     bad_index = int(first_bad)                                           # the one host sync
     if bad_index >= 0:
         raise FloatingPointError(
@@ -180,20 +169,24 @@ def sde_sample(
     return mean_over_ensemble(x) if self_ensemble else x
 
 
-def sde_samples(noise_fn, scheduler, mu: torch.Tensor, cond: torch.Tensor | None, lens_info: Any, generator: Generator,
-                samples: tuple | None, sampling: dict) -> torch.Tensor:
-    """sde_sample once (``samples`` None), or K samples in chunks -> (K, B, ...) (``samples``: the
-    per-sample generators of sample_chunks.sample_generators and the chunk size). ``sampling``: the
-    other sde_sample arguments."""
-    if samples is None:
-        return sde_sample(noise_fn, scheduler, mu, generator=generator, cond=cond, lens_info=lens_info, **sampling)
-    entries, chunk_size = samples
-    lens = None if lens_info is None else lens_batch(lens_info, mu.shape[0]).to(mu.device)
-
+def sde_samples(noise_fn, scheduler, mu: torch.Tensor, settings: RestoreSettings, *, generator: Generator,
+                multiple: int | None = None, progress=lambda steps: steps,
+                callback: StepCallback | None = None) -> torch.Tensor:
+    """sde_sample with ``settings`` (steps resolved; tile and overlap on mu's grid; ``settings.cond`` the
+    conditioning maps): once for ``samples`` 1, else K samples in chunks -> (K, B, ...) (one generator per
+    sample, refusion.inference.sample_chunks.sample_generators)."""
     def run(mu_n, cond_n, lens_n, *, generator):
-        return sde_sample(noise_fn, scheduler, mu_n, generator=generator, cond=cond_n, lens_info=lens_n, **sampling)
+        return sde_sample(noise_fn, scheduler, mu_n, num_inference_steps=settings.steps, generator=generator,
+                          tile_size=settings.tile, tile_overlap=settings.overlap, multiple=multiple, cond=cond_n,
+                          progress=progress, half=settings.half, lens_info=lens_n, self_ensemble=settings.self_ensemble,
+                          callback=callback)
 
-    return sample_in_chunks(run, [mu, cond, lens], entries=entries, chunk_size=chunk_size, tile=sampling["tile_size"])
+    if settings.samples == 1:
+        return run(mu, settings.cond, settings.lens_info, generator=generator)
+    lens = None if settings.lens_info is None else lens_batch(settings.lens_info, mu.shape[0]).to(mu.device)
+    entries = sample_generators(generator, settings.samples, mu.shape[0], mu.device)
+    return sample_in_chunks(run, [mu, settings.cond, lens], entries=entries, chunk_size=settings.chunk_size,
+                            tile=settings.tile)
 
 
 def _format_output(images: torch.Tensor, output_type: str):
@@ -238,7 +231,7 @@ class RefusionPipeline(DiffusionPipeline):
         write_weights_manifest(Path(save_directory))
 
     def _use_latent(self, latent: bool | None, height: int, width: int, channels: int) -> bool:
-        net_ch = network_channels(self.unet)
+        net_ch = capabilities_of(self.unet, GENERIC_NOISE).input_channels
         if self.autoencoder is None:
             if latent:
                 raise ValueError("latent=True needs a pipeline with an autoencoder (a latent SDE run); "
@@ -273,10 +266,12 @@ class RefusionPipeline(DiffusionPipeline):
         chunk_size: int | None = None,
         self_ensemble: bool = False,
         color_fix: str | None = None,
+        callback: StepCallback | None = None,
     ):
         """Restore ``image`` (tensor (B,C,H,W)/(C,H,W) in [0,1], numpy HWC, PIL image or list of them).
 
-        ``num_inference_steps`` defaults to the scheduler's ``num_train_timesteps``; ``sampler`` and
+        ``num_inference_steps`` defaults to the sampler's documented step count (the scheduler's
+        ``default_steps``: 10 for mr_ode / mr_sde, every trained step for the official samplers); ``sampler`` and
         ``eta`` override the scheduler's config for this call only. ``generator``: one, or one per
         image (image i then does not depend on the rest of the batch). ``tile_size``: run the
         network on overlapping tiles (shared full-size noise). ``latent``: None = automatic (the
@@ -299,109 +294,110 @@ class RefusionPipeline(DiffusionPipeline):
         one noise field, averaged (8 network calls a step; refusion.inference.ensemble; refused for
         stereo networks). ``color_fix``: None (off), "adain" or "wavelet": each result (each sample)
         gets the colours of the input as the SDE sees it, after any SR upscaling
-        (refusion.inference.color_fix).
+        (refusion.inference.color_fix). ``callback(done, total)`` is called after every sampling step (each
+        chunk of posterior samples makes its own pass over the steps).
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        check_num_samples(num_samples)
-        check_color_fix(color_fix)
+        settings = RestoreSettings(
+            sampler=sampler, steps=num_inference_steps, eta=eta, generator=generator, tile=tile_size,
+            overlap=tile_overlap, latent=latent, cond=cond, half=half, lens_info=lens_info, samples=num_samples,
+            chunk_size=chunk_size, self_ensemble=self_ensemble, color_fix=color_fix)
         tune_malloc_for(self.device)
         with torch.inference_mode():
-            restored = self._restore(image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap,
-                                     latent, cond, progress, half, lens_info=lens_info, num_samples=num_samples,
-                                     chunk_size=chunk_size, self_ensemble=self_ensemble, color_fix=color_fix)
+            restored = self.run(to_batch(image)[0], settings, progress=progress, callback=callback)
         if num_samples > 1:      # (K, B, ...) -> image-major (B * K, ...)
             restored = restored.transpose(0, 1).reshape(-1, *restored.shape[2:])
         # clamp and copy outside inference mode: callers get an ordinary tensor they may edit in place
         images = _format_output(restored.clamp(0.0, 1.0), output_type)
         return RefusionPipelineOutput(images=images) if return_dict else (images,)
 
-    def _restore(self, image, num_inference_steps, sampler, eta, generator, tile_size, tile_overlap, latent, cond,
-                 progress, half, *, lens_info=None, num_samples=1, chunk_size=None, self_ensemble=False,
-                 color_fix=None) -> torch.Tensor:
-        """(B, C, H, W) restored images; (K, B, C, H, W) samples when num_samples K > 1."""
-        lq, _ = to_batch(image)
+    def scheduler_for(self, settings: RestoreSettings):
+        """A copy of the scheduler with the call's sampler and eta (ours is never changed)."""
+        overrides = {k: v for k, v in (("sampler", settings.sampler), ("eta", settings.eta)) if v is not None}
+        return type(self.scheduler).from_config(self.scheduler.config, **overrides)
+
+    def run(self, lq: torch.Tensor, settings: RestoreSettings, *, progress: bool = False,
+            callback: StepCallback | None = None) -> torch.Tensor:
+        """(B, C, H, W) restored images of a (B, C, H, W) batch, not clamped; (K, B, C, H, W) samples when
+        ``settings.samples`` K > 1. ``progress``: the pipeline's step bar; ``callback(done, total)`` per step."""
         device = self.device
         lq = upscale_lq(lq.to(device), self.config.get("lq_upscale", 1))
         batch, channels, height, width = lq.shape
+        cond = settings.cond
         if cond is not None:
             cond = cond.to(device=device, dtype=lq.dtype)
-            if cond.dim() == 3:
-                cond = cond[None]
+            cond = cond[None] if cond.dim() == 3 else cond
             if cond.shape[0] != batch or cond.shape[-2:] != lq.shape[-2:]:
                 raise ValueError(f"cond must be (B, C, H, W) matching the image {tuple(lq.shape)}, "
                                  f"got {tuple(cond.shape)}")
-        overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
-        scheduler = type(self.scheduler).from_config(self.scheduler.config, **overrides)  # never mutate ours
-        check_stochastic(scheduler, num_samples)
-        samples = None if num_samples == 1 else (sample_generators(generator, num_samples, batch, device), chunk_size)
-        if isinstance(scheduler, DenoisingSDEScheduler):
-            steps = num_inference_steps      # None: every step from the start timestep (the official loop)
-        else:
-            steps = num_inference_steps or scheduler.config.num_train_timesteps
+        scheduler = self.scheduler_for(settings)
+        check_stochastic(scheduler, settings.samples)
+        settings = settings.replace(steps=settings.steps or scheduler.default_steps(), cond=cond)
         bar = self.progress_bar if progress else (lambda steps: steps)
-        use_latent = self._use_latent(latent, height, width, channels)
-        if tile_size is not None:
-            multiple = self.autoencoder.downscale if use_latent else spatial_multiple(self.unet)
-            validate_tiling(tile_size, tile_overlap, multiple)
-        if not use_latent:
-            if network_channels(self.unet) not in (None, channels):
-                raise ValueError(f"the noise network takes {network_channels(self.unet)}-channel images, "
-                                 f"got an image with {channels} channels")
-            sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
-                            multiple=spatial_multiple(self.unet), progress=bar, half=half, self_ensemble=self_ensemble)
-            restored = sde_samples(self.unet, scheduler, lq, cond, lens_info, generator, samples, sampling)
+        generator = settings.make_generator(device)
+        caps = capabilities_of(self.unet, GENERIC_NOISE)
+        if self._use_latent(settings.latent, height, width, channels):
+            restored = self._latent_sample(lq, scheduler, settings, generator, bar, callback)
         else:
-            restored = self._latent_sample(lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half,
-                                           lens_info=lens_info, samples=samples, self_ensemble=self_ensemble)
-        return fix_restored(restored, lq, color_fix)
+            if settings.tile is not None:
+                validate_tiling(settings.tile, settings.overlap, caps.multiple)
+            if caps.input_channels not in (None, channels):
+                raise ValueError(f"the noise network takes {caps.input_channels}-channel images, "
+                                 f"got an image with {channels} channels")
+            restored = sde_samples(self.unet, scheduler, lq, settings, generator=generator, progress=bar,
+                                   callback=callback)
+        return fix_restored(restored, lq, settings.color_fix)
 
-    def _latent_sample(self, lq, scheduler, steps, generator, tile_size, tile_overlap, cond, bar, half, *,
-                       lens_info=None, samples=None, self_ensemble=False):
+    def _latent_sample(self, lq, scheduler, settings: RestoreSettings, generator, bar, callback):
         """Encode LQ (tiled), run the SDE on latents, decode with the LQ image's skips (tiled).
 
-        ``tile_size``/``tile_overlap`` are in image pixels: the autoencoder runs on tiles of
-        ``tile_size`` with at least LATENT_AE_OVERLAP pixels of context, the noise network on
-        latent tiles of ``tile_size / downscale``. Without ``tile_size`` an image above
-        LATENT_AUTO_PIXELS still gets LATENT_TILE_DEFAULT autoencoder tiles (never the whole
-        full-resolution skips) and the noise network sees the whole latent. K samples (``samples``)
-        share one encoding; each is decoded on its own, as a one-sample call decodes it.
+        ``settings.tile`` / ``overlap`` are in image pixels: the autoencoder runs on tiles of ``tile``
+        with at least LATENT_AE_OVERLAP pixels of context, the noise network on latent tiles of
+        ``tile / downscale``. Without a tile an image above LATENT_AUTO_PIXELS still gets
+        LATENT_TILE_DEFAULT autoencoder tiles (never the whole full-resolution skips) and the noise
+        network sees the whole latent. K samples share one encoding; each is decoded on its own, as a
+        one-sample call decodes it.
         """
         ae = self.autoencoder
         factor = ae.downscale
         height, width = lq.shape[-2:]
+        tile_size, tile_overlap = settings.tile, settings.overlap
+        if tile_size is not None:
+            validate_tiling(tile_size, tile_overlap, factor)
         ae_tile = tile_size or (LATENT_TILE_DEFAULT if height * width > LATENT_AUTO_PIXELS else None)
         if ae_tile:
             ae_tile = max(factor, ae_tile // factor * factor)
             ae_overlap = -(-max(tile_overlap, LATENT_AE_OVERLAP) // factor) * factor
         # half: one bf16/fp16 channels_last copy of the weights serves encode and decode; the skips
         # stay in half precision (and channels_last) between them (decode takes them as they are)
-        run = InferenceNetwork(ae, lq.device, half=half).call
+        run = InferenceNetwork(ae, lq.device, half=settings.half).call
         if ae_tile:
             mu, skips = run("encode_tiled", lq, tile=ae_tile, overlap=ae_overlap, return_skips=False)
         else:
             mu, skips = run("encode", lq)
         mu = to_float32(mu)
+        cond = settings.cond
         if cond is not None:
             cond = torch.nn.functional.interpolate(cond, size=mu.shape[-2:], mode="area")
-        multiple = spatial_multiple(self.unet)
+        multiple = capabilities_of(self.unet, GENERIC_NOISE).multiple
         latent_tile = latent_overlap = None
         if tile_size is not None:
             latent_tile = max(multiple, tile_size // factor // multiple * multiple)
             latent_overlap = min(max(tile_overlap // factor, 4), latent_tile - 1)
-        sampling = dict(num_inference_steps=steps, tile_size=latent_tile, tile_overlap=latent_overlap or 0,
-                        multiple=multiple, progress=bar, half=half, self_ensemble=self_ensemble)
-        latent_x0 = sde_samples(self.unet, scheduler, mu, cond, lens_info, generator, samples, sampling)
+        on_latents = settings.replace(tile=latent_tile, overlap=latent_overlap or 0, cond=cond)
+        latent_x0 = sde_samples(self.unet, scheduler, mu, on_latents, generator=generator, progress=bar,
+                                callback=callback)
 
         def decode(latent_x0):
             if ae_tile:
                 out = run("decode_from_lq", latent_x0, lq, tile=ae_tile, overlap=ae_overlap)
             else:
                 out = run("decode", latent_x0, skips)
-            check_finite(out, "the autoencoder's decoded image", half)
+            check_finite(out, "the autoencoder's decoded image", settings.half)
             return to_float32(out)
 
-        return decode(latent_x0) if samples is None else torch.stack([decode(x) for x in latent_x0])
+        return decode(latent_x0) if settings.samples == 1 else torch.stack([decode(x) for x in latent_x0])
 
 
 SCHEDULERS = {"IRSDEScheduler": IRSDEScheduler, "DenoisingSDEScheduler": DenoisingSDEScheduler}
@@ -492,95 +488,3 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
     if pipe.autoencoder is not None:
         pipe.autoencoder.eval()
     return pipe.to(device) if device is not None else pipe
-
-
-_NO_MODEL_SDE = (
-    "refusion.sample needs a model: pass model='runs/shadow' (a training run directory of an sde run or a "
-    "directory written by RefusionPipeline.save_pretrained), a RefusionPipeline, or a noise network "
-    "net(x_t, mu, t) with scheduler=IRSDEScheduler(...). Example: refusion.sample(lq, steps=20, "
-    "model='runs/shadow')")
-def sample(
-    lq: Any,
-    steps: int = 100,
-    model: Any = None,
-    sampler: str | None = None,
-    generator: Generator = None,
-    tile_size: int | None = None,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-    *,
-    scheduler: IRSDEScheduler | None = None,
-    eta: float | None = None,
-    tile_overlap: int = 32,
-    latent: bool | None = None,
-    cond: torch.Tensor | None = None,
-    half: bool = False,
-    lens_info: Any = None,
-    self_ensemble: bool = False,
-    color_fix: str | None = None,
-) -> Any:
-    """Restore ``lq`` with the reverse IR-SDE; returns the same kind as ``lq`` (tensor/numpy/PIL).
-
-    ``model``: a run directory or saved pipeline directory (str/Path), a RefusionPipeline, or any
-    noise network ``net(x_t, mu, t)`` (then ``scheduler`` or a default IRSDEScheduler()).
-    ``lens_info``: the bokeh network's lens information; ``self_ensemble``, ``color_fix``: the x8
-    self-ensemble and the colour fix (see RefusionPipeline.__call__).
-    """
-    if model is None:
-        raise ValueError(_NO_MODEL_SDE)
-    check_color_fix(color_fix)
-    if isinstance(model, (str, Path)):
-        model = load_pipeline(model)
-    if isinstance(model, torch.nn.Module) and type(model).__name__ in REGRESSOR_NAMES:
-        raise ValueError(f"model is a {type(model).__name__} regressor; use refusion.restore(lq, model=...) "
-                         f"for regressors, refusion.sample for sde noise networks")
-    x, kind = to_batch(lq)
-    if isinstance(model, RefusionPipeline):
-        if scheduler is not None:
-            model = model.with_scheduler(scheduler)
-        if device is not None:
-            model = model.to(device)
-        out = model(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator,
-                    output_type="pt", tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
-                    cond=cond, progress=progress, half=half, lens_info=lens_info, self_ensemble=self_ensemble,
-                    color_fix=color_fix).images
-        return from_batch(out, kind)
-    out = network_sample(model, x, steps=steps, scheduler=scheduler, sampler=sampler, eta=eta, generator=generator,
-                         tile_size=tile_size, tile_overlap=tile_overlap, latent=latent, cond=cond, progress=progress,
-                         half=half, lens_info=lens_info, device=device, self_ensemble=self_ensemble)
-    return from_batch(fix_restored(out, x.to(out.device), color_fix).clamp(0.0, 1.0), kind)
-
-
-def network_sample(model, x: torch.Tensor, *, steps, scheduler, sampler, eta, generator, tile_size, tile_overlap,
-                   latent, cond, progress, half, lens_info, device, num_samples: int = 1,
-                   chunk_size: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
-    """``sample`` with a bare noise network on a (B, C, H, W) batch: (B, ...) or, for num_samples K > 1,
-    (K, B, ...) samples (generators and chunks as RefusionPipeline.__call__), not clamped."""
-    if not callable(model):
-        raise TypeError(f"model must be a path, a RefusionPipeline or a callable net(x_t, mu, t), "
-                        f"got {type(model).__name__}. " + _NO_MODEL_SDE)
-    if latent:
-        raise ValueError("latent=True needs a RefusionPipeline with an autoencoder, not a bare noise network")
-    base = scheduler if scheduler is not None else IRSDEScheduler()
-    overrides = {k: v for k, v in (("sampler", sampler), ("eta", eta)) if v is not None}
-    sched = type(base).from_config(base.config, **overrides)
-    check_stochastic(sched, check_num_samples(num_samples))
-    if device is None:
-        params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-        device = params[0].device if params else x.device
-    x = x.to(device)
-    if tile_size is not None:
-        validate_tiling(tile_size, tile_overlap, spatial_multiple(model))
-    samples = None if num_samples == 1 else (sample_generators(generator, num_samples, x.shape[0], device), chunk_size)
-    sampling = dict(num_inference_steps=steps, tile_size=tile_size, tile_overlap=tile_overlap,
-                    multiple=spatial_multiple(model), progress=_tqdm_steps if progress else (lambda s: s), half=half,
-                    self_ensemble=self_ensemble)
-    with torch.inference_mode():
-        return sde_samples(model, sched, x, None if cond is None else cond.to(device), lens_info, generator, samples,
-                           sampling)
-
-
-def _tqdm_steps(steps):
-    from tqdm.auto import tqdm
-
-    return tqdm(steps, desc="sampling", leave=False)

@@ -11,16 +11,15 @@ whatever the chunking.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from refusion.data.inputs import to_batch
-from refusion.inference.color_fix import check_color_fix, fix_restored
-from refusion.inference.loading import REGRESSOR_NAMES
-from refusion.inference.pipeline import RefusionPipeline, load_pipeline, network_sample
+from refusion.inference.restorer import restore_image
 from refusion.inference.sample_chunks import check_num_samples
+from refusion.inference.sampling import sde_model
+from refusion.inference.settings import RestoreSettings
 
 __all__ = ["PosteriorSamples", "sample_posterior"]
 
@@ -45,29 +44,11 @@ class PosteriorSamples:
         return self.samples.shape[0]
 
 
-def _pipeline(model: Any, scheduler, device) -> RefusionPipeline | None:
-    """The RefusionPipeline that ``model`` names (None for a bare noise network), as refusion.sample uses it."""
-    if model is None:
-        raise ValueError("refusion.sample_posterior needs a model: pass model='runs/shadow' (an sde run or a saved "
-                         "pipeline directory), a RefusionPipeline, or a noise network net(x_t, mu, t) with "
-                         "scheduler=IRSDEScheduler(...)")
-    if isinstance(model, (str, Path)):
-        model = load_pipeline(model)
-    if isinstance(model, torch.nn.Module) and type(model).__name__ in REGRESSOR_NAMES:
-        raise ValueError(f"model is a {type(model).__name__} regressor: it restores deterministically and has no "
-                         f"posterior to sample; use refusion.restore(lq, model=...)")
-    if not isinstance(model, RefusionPipeline):
-        return None
-    if scheduler is not None:
-        model = model.with_scheduler(scheduler)
-    return model.to(device) if device is not None else model
-
-
 def sample_posterior(
     lq: Any,
     model: Any = None,
     num_samples: int = 8,
-    steps: int = 100,
+    steps: int | None = None,
     sampler: str | None = None,
     generator: Any = None,
     tile_size: int | None = None,
@@ -84,6 +65,7 @@ def sample_posterior(
     lens_info: Any = None,
     self_ensemble: bool = False,
     color_fix: str | None = None,
+    callback=None,
 ) -> PosteriorSamples:
     """``num_samples`` posterior samples of ``lq`` with their mean and std (a PosteriorSamples).
 
@@ -110,29 +92,19 @@ def sample_posterior(
     ode, posterior with eta = 0); a regressor as ``model``. The IR-SDE's ode, mr_ode and eta-0 posterior
     samplers do sample: their start x_T = mu + lambda z is drawn.
     """
-    check_num_samples(num_samples)
-    check_color_fix(color_fix)
-    pipe = _pipeline(model, scheduler, device)
-    x, kind = to_batch(lq)
-    batch = x.shape[0]
+    settings = RestoreSettings(sampler=sampler, steps=steps, eta=eta, generator=generator, tile=tile_size,
+                               overlap=tile_overlap, latent=latent, cond=cond, half=half, lens_info=lens_info,
+                               samples=check_num_samples(num_samples), chunk_size=chunk_size,
+                               self_ensemble=self_ensemble, color_fix=color_fix)
+    loaded = sde_model(model, scheduler=scheduler, device=device, caller="refusion.sample_posterior")
     if num_samples == 1 and isinstance(generator, (list, tuple)):
         if len(generator) != 1:
             raise ValueError(f"generator is a list of {len(generator)} entries but num_samples=1: pass one "
                              f"generator per sample")
-        generator = generator[0]      # sample 0's generator, in the one-sample call's own form
-    if pipe is not None:
-        images = pipe(x, num_inference_steps=steps, sampler=sampler, eta=eta, generator=generator, output_type="pt",
-                      tile_size=tile_size, tile_overlap=tile_overlap, latent=latent, cond=cond, progress=progress,
-                      half=half, lens_info=lens_info, num_samples=num_samples, chunk_size=chunk_size,
-                      self_ensemble=self_ensemble, color_fix=color_fix).images
-        samples = images.reshape(batch, num_samples, *images.shape[1:]).transpose(0, 1)   # image-major -> (K, B)
-    else:
-        raw = network_sample(model, x, steps=steps, scheduler=scheduler, sampler=sampler, eta=eta,
-                             generator=generator, tile_size=tile_size, tile_overlap=tile_overlap, latent=latent,
-                             cond=cond, progress=progress, half=half, lens_info=lens_info, device=device,
-                             num_samples=num_samples, chunk_size=chunk_size, self_ensemble=self_ensemble)
-        raw = fix_restored(raw if num_samples > 1 else raw[None], x.to(raw.device), color_fix)
-        samples = raw.clamp(0.0, 1.0)
+        settings = settings.replace(generator=generator[0])   # sample 0's generator, in the one-sample call's form
+    _, kind = to_batch(lq)
+    out = restore_image(loaded, lq, settings, progress=progress, callback=callback)
+    samples = out.image[None] if out.samples is None else out.samples
     out_device = kind.device if kind.kind == "pt" else torch.device("cpu")
     samples = samples.to(device=out_device, dtype=torch.float32).contiguous()
     var, mean = torch.var_mean(samples, dim=0, correction=0)

@@ -9,7 +9,6 @@ the input's colours (refusion.inference.color_fix).
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,9 @@ import torch
 from diffusers import DiffusionPipeline
 
 from refusion.data.inputs import from_batch, to_batch
-from refusion.inference.loading import default_tlc, load_regressor, run_train_patch, spatial_multiple
-from refusion.inference.allocator import tune_malloc_for
-from refusion.inference.color_fix import apply_color_fix, check_color_fix
-from refusion.inference.ensemble import check_ensemble_network, ensemble_mean
-from refusion.inference.precision import InferenceNetwork, check_finite, to_float32
-from refusion.inference.tiling import tiled_apply, validate_tiling
+from refusion.inference.model import LoadedModel, load_model
+from refusion.inference.restorer import restore_image
+from refusion.inference.settings import RestoreSettings
 
 __all__ = ["restore"]
 
@@ -63,66 +59,17 @@ def restore(
     """
     if model is None:
         raise ValueError(_NO_MODEL_REGRESSOR)
-    check_color_fix(color_fix)
-    train_patch = None
-    if isinstance(model, (str, Path)):
-        train_patch = run_train_patch(Path(model))
-        if tlc is None:               # an imported NAFNetLocal/BaselineLocal runs with TLC unless tlc=False
-            tlc = default_tlc(Path(model))
-        model = load_regressor(model)
+    settings = RestoreSettings(tile=tile_size, overlap=tile_overlap, tlc=tlc, half=half, self_ensemble=self_ensemble,
+                               color_fix=color_fix)
     if isinstance(model, DiffusionPipeline):
         raise ValueError(f"model is a {type(model).__name__} (an sde model); use refusion.sample(lq, model=...)")
-    if not callable(model):
+    if not callable(model) and not isinstance(model, (str, Path, LoadedModel)):
         raise TypeError(f"model must be a path or a regressor network, got {type(model).__name__}. "
                         + _NO_MODEL_REGRESSOR)
-    x, kind = to_batch(lq)
-    if device is not None and isinstance(model, torch.nn.Module):
-        model = model.to(device)
-    if isinstance(model, torch.nn.Module):
-        params = list(model.parameters())
-        x = x.to(params[0].device if params else (device or x.device))
-    tune_malloc_for(x.device)
-    multiple = spatial_multiple(model)
-    if self_ensemble:
-        check_ensemble_network(model)
-    if tile_size is not None:
-        validate_tiling(tile_size, tile_overlap, multiple)
-    from refusion.models import final_output
-
-    with torch.inference_mode(), _tlc_context(model, tlc, train_patch):
-        # channels_last inputs; half: bf16 (CPU) / fp16 (CUDA) channels_last weights cast once for the
-        # whole image (after the TLC conversion, so the converted modules are the ones that run);
-        # ``model`` is not changed
-        net = InferenceNetwork(model, x.device, half=half)
-
-        def run(tile: torch.Tensor) -> torch.Tensor:
-            return to_float32(final_output(net(tile)))
-
-        def whole(image: torch.Tensor) -> torch.Tensor:
-            if tile_size:
-                return tiled_apply(run, image, tile_size, tile_overlap, multiple, progress=progress)
-            return run(image)
-
-        # self-ensemble: each transformed whole image is tiled on its own grid
-        out = ensemble_mean(whole, [x]) if self_ensemble else whole(x)
-        check_finite(out, f"the output of the {type(model).__name__} network", half)
-        out = apply_color_fix(out.clamp(0.0, 1.0), x, color_fix)
-    return from_batch(out.clamp(0.0, 1.0), kind)
-
-
-def _tlc_context(model, tlc, train_patch: int | None):
-    """The models' local-pooling (TLC) context for this network, or nothing when tlc is off."""
-    if tlc is None or tlc is False:
-        return contextlib.nullcontext()
-    from refusion.models.nafnet import local_pooling
-
-    if tlc is True:
-        if train_patch is None:
-            raise ValueError("tlc=True needs the training patch size, which is only known for a run directory "
-                             "(recipe data.train.gt_size); pass it instead, e.g. tlc=256")
-        tlc = train_patch
-    size = (int(tlc), int(tlc)) if isinstance(tlc, int) else tuple(int(v) for v in tlc)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"tlc must be True, a training patch size (int) or (H, W), got {tlc!r}")
-    return local_pooling(model, size)
-
+    loaded = load_model(model, device=device)
+    if loaded.kind != "regressor":
+        where = f"{model} is" if isinstance(model, (str, Path)) else f"model is a {type(loaded.network).__name__},"
+        raise ValueError(f"{where} an sde model; refusion.restore needs a regressor "
+                         f"(use refusion.sample for sde models)")
+    _, kind = to_batch(lq)
+    return from_batch(restore_image(loaded, lq, settings, progress=progress).image, kind)

@@ -51,6 +51,7 @@ class BokehNAFNet(NAFNoiseVariant):
 
     block = BokehNAFBlock
     sinusoid_in_time_mlp = False
+    conditioning = "lens"
 
     def build_conditioning(self, width: int) -> None:
         self.cam_mlp = gated_mlp(len(LENS_INFO) * width, 4 * width)

@@ -23,6 +23,7 @@ from .blocks import (
     noise_network_input,
     time_steps,
 )
+from .capabilities import Capabilities
 from .nafnet import NAFUNetStages, pad_to_multiple
 
 
@@ -39,6 +40,11 @@ class NAFNoiseNetwork(ModelMixin, ConfigMixin, NAFUNetStages):
 
     block: type[NAFBlock] = NAFBlock
     sinusoid_in_time_mlp = True
+    conditioning = "degraded"         # what a call takes besides x_t and t (refusion.models.capabilities)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(purpose="noise", conditioning=self.conditioning, multiple=self.padder_size,
+                            channels=self.config.img_channel)
 
     def _build(self, in_channels: int, img_channel: int, width: int, middle_blk_num: int,
                enc_blk_nums: Sequence[int], dec_blk_nums: Sequence[int]) -> None:

@@ -14,6 +14,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from .capabilities import Capabilities
 from .blocks import SinusoidalPosEmb, noise_network_input, time_steps
 from .unet_blocks import (
     LinearAttention,
@@ -28,6 +29,12 @@ from .unet_blocks import (
 
 class NoiseUNet(ModelMixin, ConfigMixin):
     """The IR-SDE ResBlock U-Net on an already assembled input: ``predict(x, t)``."""
+
+    conditioning = "degraded"         # what a call takes besides x_t and t (refusion.models.capabilities)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(purpose="noise", conditioning=self.conditioning, multiple=2 ** self.depth,
+                            channels=self.config.in_nc)
 
     def _build(self, in_channels: int, out_nc: int, nf: int, depth: int, mid_attention: type[nn.Module]) -> None:
         owner = type(self).__name__

@@ -16,6 +16,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from .capabilities import Capabilities
 from .unet_blocks import pad_to_multiple
 
 
@@ -136,6 +137,9 @@ class HINet(ModelMixin, ConfigMixin):
         self.sam12 = SAM(prev, in_chn)
         self.cat12 = nn.Conv2d(prev * 2, prev, 1, 1, 0)
         self.last = nn.Conv2d(prev, in_chn, 3, 1, 1, bias=True)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(purpose="regressor", multiple=2 ** (self.depth - 1), channels=self.config.in_chn)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return ``[stage1, stage2]`` images, each the size of ``x``."""

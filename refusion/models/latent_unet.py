@@ -46,6 +46,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from .capabilities import Capabilities
+
 from .unet_blocks import ResBlock, attention_layer, default_conv, downsample, pad_to_multiple, upsample
 
 
@@ -110,6 +112,9 @@ class LatentUNet(ModelMixin, ConfigMixin):
         self.latent_conv = default_conv(mid_dim, embed_dim, 1)
         self.post_latent_conv = default_conv(embed_dim, mid_dim, 1)
         self.final_conv = nn.Conv2d(ch, out_ch, 3, 1, 1)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(purpose="autoencoder", multiple=self.pad_multiple, channels=self.config.in_ch)
 
     @property
     def downscale(self) -> int:

@@ -16,6 +16,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .capabilities import Capabilities
+
 from .blocks import BaselineBlock, NAFBlock
 
 SkipTransform = Callable[[int, torch.Tensor], torch.Tensor]
@@ -84,6 +86,9 @@ class RegressorUNet(ModelMixin, ConfigMixin, NAFUNetStages):
     """
 
     skip_transform: SkipTransform | None = None
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(purpose="regressor", multiple=self.padder_size, channels=self.config.img_channel)
 
     def _build(self, img_channel, width, middle_blk_num, enc_blk_nums, dec_blk_nums, make_block) -> None:
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)

@@ -86,6 +86,7 @@ class StereoNAFNet(NAFNoiseVariant):
     """
 
     block = StereoNAFBlock
+    conditioning = "stereo"
 
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t) -> torch.Tensor:
         channels = 2 * self.config.img_channel

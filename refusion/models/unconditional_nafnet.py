@@ -22,6 +22,7 @@ class UnconditionalNAFNet(NAFNoiseVariant):
     """
 
     intro_maps = 1
+    conditioning = "none"
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         channels = self.config.img_channel

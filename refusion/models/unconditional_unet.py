@@ -27,6 +27,8 @@ class UnconditionalUNet(NoiseUNet):
         depth: number of levels.
     """
 
+    conditioning = "none"
+
     @register_to_config
     def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, depth: int = 4):
         super().__init__()

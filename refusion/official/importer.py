@@ -37,6 +37,7 @@ from refusion.official.checkpoints import (OfficialCheckpointError, extract_stat
                                            read_official)
 from refusion.official.detection import DetectionError, detect_architecture
 from refusion.official.options import OptionsError, check_against, read_options
+from refusion.models.capabilities import capabilities_of
 
 # the settings a noise network needs that its weights cannot give (the Refusion defaults beside them)
 SDE_KEYS = {"max_sigma": 50.0, "T": 100, "schedule": "cosine", "eps": 0.005}
@@ -233,17 +234,17 @@ def _scheduler_settings(opts, sde, weights: Path, name: str) -> dict[str, Any]:
 
 
 def _write_pipeline(folder: Path, net, opts, sde, latent_weights, result: ImportedModel, weights: Path) -> None:
-    from refusion.inference.loading import UNCONDITIONAL_NETWORKS
     from refusion.inference.pipeline import RefusionPipeline
     from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
     settings = _scheduler_settings(opts, sde, weights, result.network)
     result.sde = settings
+    unconditional = capabilities_of(net).conditioning == "none"      # net(x_t, t): the denoising-sde networks
     common = dict(max_sigma=settings["max_sigma"], num_train_timesteps=settings["T"], schedule=settings["schedule"],
                   eps=settings["eps"])
     if settings.get("sde_type", "ir-sde") == "denoising":
-        if result.network not in UNCONDITIONAL_NETWORKS:
+        if not unconditional:
             raise ImportRefusal(f"{opts.source}: the DenoisingSDE runs an unconditional network net(x, t), but "
                                 f"{weights} holds a {result.network}")
         noise_level = opts.inference.noise_sigma
@@ -253,7 +254,7 @@ def _write_pipeline(folder: Path, net, opts, sde, latent_weights, result: Import
         scheduler = DenoisingSDEScheduler(**common, sampler=sampler, noise_level=noise_level)
         result.given["noise_level"] = noise_level
     else:
-        if result.network in UNCONDITIONAL_NETWORKS:
+        if unconditional:
             raise ImportRefusal(f"{weights} holds an unconditional {result.network} (the denoising-sde networks); "
                                 f"it needs the DenoisingSDE: pass the denoising-sde option file")
         scheduler = IRSDEScheduler(**common)
@@ -286,10 +287,9 @@ def _autoencoder(opts, latent_weights, net, result: ImportedModel, weights: Path
         for arg, value in opts.latent.kwargs.items():
             if arg in found.kwargs and _norm(found.kwargs[arg]) != _norm(value):
                 raise ImportRefusal(f"{opts.source}: network_L {arg} is {value!r} but {latent_weights} has {found.kwargs[arg]!r}")
-    from refusion.inference.loading import network_channels
     from refusion.models import MODELS
 
-    net_channels, embed_dim = network_channels(net), kwargs.get("embed_dim")
+    net_channels, embed_dim = capabilities_of(net).input_channels, kwargs.get("embed_dim")
     if net_channels is not None and embed_dim is not None and net_channels != embed_dim:
         raise ImportRefusal(f"the noise network {weights} takes {net_channels}-channel inputs but the autoencoder "
                             f"{latent_weights} has embed_dim {embed_dim}: they do not belong together")

@@ -175,6 +175,11 @@ class DenoisingSDEScheduler(SchedulerMixin, ConfigMixin):
         return self._posterior(t, s, None)["std"]
 
     # ------------------------------------------------------------------ sampling
+    def default_steps(self, sampler: str | None = None) -> int:
+        """Every timestep from ``start_timestep`` (the official loop), whatever the sampler."""
+        _check_choice("sampler", sampler or self.config.sampler, S.DENOISING_SAMPLERS)
+        return self.start_timestep
+
     @property
     def is_stochastic(self) -> bool:
         """Whether ``step`` draws noise: sde, posterior with eta > 0 (ode and posterior with eta = 0

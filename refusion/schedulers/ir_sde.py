@@ -137,6 +137,13 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
+    def default_steps(self, sampler: str | None = None) -> int:
+        """The documented step count of ``sampler`` (None: the configured one): 10 for mr_ode / mr_sde,
+        every trained step for the official sde, ode and posterior updates."""
+        sampler = sampler or self.config.sampler
+        _check_choice("sampler", sampler, S.SAMPLERS)
+        return min(S.FEW_STEP_DEFAULT.get(sampler, self.config.num_train_timesteps), self.config.num_train_timesteps)
+
     @property
     def is_stochastic(self) -> bool:
         """Whether ``step`` draws noise: sde, mr_sde, posterior with eta > 0 (ode, mr_ode and
