@@ -131,7 +131,7 @@ def test_restore_color_fix_is_the_fix_of_the_clamped_result_toward_the_input(met
     fixed = refusion.restore(x, model=net, progress=False, color_fix=method)
     torch.testing.assert_close(fixed, apply_color_fix(plain, x, method).clamp(0, 1), atol=1e-6, rtol=0)
     assert (fixed - plain).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="color_fix must be None"):
+    with pytest.raises(ValueError, match=r"color_fix \(--color-fix\): must be None"):
         refusion.restore(x, model=net, progress=False, color_fix="histogram")
 
 
@@ -140,7 +140,8 @@ def test_self_ensemble_refuses_stereo_networks():
 
     net = StereoNAFNet(img_channel=3, width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1])
     with pytest.raises(ValueError, match="not available for the stereo network StereoNAFNet.*epipolar"):
-        refusion.restore(torch.rand(1, 6, 16, 16), model=net, progress=False, self_ensemble=True)
+        refusion.sample(torch.rand(1, 6, 16, 16), model=net, scheduler=IRSDEScheduler(num_train_timesteps=4),
+                        steps=2, progress=False, self_ensemble=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_pipeline_color_fix_uses_the_input_as_the_pipeline_sees_it(method):
     assert fixed.shape == (1, 3, 24, 32)
     torch.testing.assert_close(fixed, apply_color_fix(plain, upscale_lq(lq, 2), method).clamp(0, 1), atol=1e-5, rtol=0)
     assert (fixed - plain).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="color_fix must be None"):
+    with pytest.raises(ValueError, match=r"color_fix \(--color-fix\): must be None"):
         run(color_fix="Wavelet")
     sampled = refusion.sample(lq, steps=2, model=pipe, generator=torch.Generator().manual_seed(0), progress=False,
                               color_fix=method)
