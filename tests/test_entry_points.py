@@ -18,8 +18,8 @@ the test-time local converter is really on in every entry point. The networks ar
 initialised (fixed seeds), never trained: only the sameness of the paths is under test.
 
 Known gaps are strict xfails (APP_GAPS): the app cannot restore with a stereo model (it takes one image
-file, not a view pair) nor a bokeh model (its requests carry no lens information); `refusion app`
-loads both and every request fails. When the app learns them, the xfails turn into failures to remove.
+file, not a view pair) nor a bokeh model (its requests carry no lens information); `refusion app` refuses
+both at start, naming `refusion restore`. When the app learns them, the xfails turn into failures to remove.
 """
 from __future__ import annotations
 
@@ -350,3 +350,14 @@ def test_evaluation_matches_the_library(case):
         assert image_bit_depth(images / f"{stem}.png") == 8
         assert_same_images(images / f"{stem}.png", want)
         assert_tlc_on(case, read_image(images / f"{stem}.png"), "evaluation", png=True)
+
+
+@pytest.mark.parametrize("kind", sorted(APP_GAPS))
+def test_the_app_refuses_at_start_what_its_page_cannot_drive(workspace, kind, tmp_path):
+    from refusion.cli import app as app_cli
+
+    root, checkpoint = workspace
+    model, options = build_model(kind, tmp_path / "models", checkpoint)
+    with pytest.raises(app_cli.UsageError, match=r"refusion restore") as info:
+        app_cli.load_models([app_cli.ModelSpec(model, options)], torch.device("cpu"))
+    assert str(model) in str(info.value) and ("view pairs" in str(info.value) or "lens information" in str(info.value))

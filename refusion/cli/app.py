@@ -149,8 +149,23 @@ def load_models(specs: list[ModelSpec], device) -> list[AppModel]:
             raise UsageError(str(exc)) from None
         except Exception as exc:  # any other failure to load is still a problem with this --model
             raise UsageError(f"cannot load --model {str(spec.path)!r}: {type(exc).__name__}: {exc}") from None
+        _check_one_image_model(spec.path, model)
         loaded.append(AppModel(name, model))
     return loaded
+
+
+# what a request cannot carry: the page takes one image file and no lens information
+_PAGE_GAPS = {"stereo": "restores left/right view pairs, and a request carries one image file",
+              "lens": "needs the lens information of every image, and a request carries none"}
+
+
+def _check_one_image_model(path: Path, model) -> None:
+    """UsageError at start (not at every request) for a model the page cannot drive."""
+    gap = _PAGE_GAPS.get(model.capabilities.conditioning)
+    if gap:
+        raise UsageError(f"--model {str(path)!r} ({type(model.network).__name__}) {gap}; restore it with "
+                         f"`refusion restore` (view pairs <id>_L/<id>_R, --lens-meta or --src-lens/--tgt-lens/"
+                         f"--disparity)")
 
 
 # ----------------------------------------------------------------------------------------------
