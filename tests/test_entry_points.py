@@ -223,13 +223,12 @@ def library_result(kind: str, model: Path, options: Path | None, lq: np.ndarray,
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """The folder of the module, with the import cache (REFUSION_CACHE), the LPIPS cache and the torch cache
-    in it (LPIPS is then unavailable, which evaluation reports and goes on without), and the official
-    checkpoint every TLC kind shares."""
+    """The folder of the module, with the project cache (REFUSION_CACHE_DIR: imported checkpoints, LPIPS
+    weights) and the torch cache in it (LPIPS is then unavailable, which evaluation reports and goes on
+    without), and the official checkpoint every TLC kind shares."""
     root = tmp_path_factory.mktemp("entry_points")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REFUSION_CACHE", str(root / "import cache"))
-        mp.setenv("REFUSION_CACHE_DIR", str(root / "cache"))
+        mp.setenv("REFUSION_CACHE_DIR", str(root / "cache"))        # the import cache and the LPIPS weights
         mp.setenv("TORCH_HOME", str(root / "torch"))
         yield root, official_checkpoint(root)
 
@@ -249,7 +248,7 @@ def case(request, workspace) -> Case:
     assert isinstance(library, np.ndarray) and library.dtype == np.float32 and library.shape == lq.shape
     without = library_result(kind, model, options, lq, None, tlc=False) if kind in TLC_KINDS else None
     if options is not None:     # the .pth was imported into this module's cache, not the user's
-        assert any((root / "import cache" / "imported").iterdir())
+        assert any((root / "cache" / "imported").iterdir())
     return Case(kind, model, options, folder, sde=sampler is not None, sampler=sampler, stereo=kind == "stereo",
                 lens=kind == "bokeh", views=views, library=library, lq=lq, without_tlc=without)
 

@@ -221,7 +221,7 @@ def test_existing_output_folder_is_kept_unless_overwrite(tmp_path):
 
 
 def test_restore_takes_an_official_checkpoint_file_directly(tmp_path, monkeypatch):
-    monkeypatch.setenv("REFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REFUSION_CACHE_DIR", str(tmp_path / "cache"))
     image = tmp_path / "in" / "a.png"
     image.parent.mkdir()
     write_image(image, np.random.default_rng(0).random((24, 32, 3)).astype(np.float32))

@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_shared(p, "model", "device", "threads", "workers", "steps", "seed", "tile", "half", "no-progress",
                       model=dict(required=True, help="run directory, saved pipeline/model directory, imported official "
                                                      "folder, or an official checkpoint file (.pth: imported on the "
-                                                     "fly into ~/.cache/refusion/imported)"),
+                                                     "fly into $REFUSION_CACHE_DIR/imported, default ~/.cache/refusion)"),
                       seed=dict(help="noise seed, the same for every image (default 0)"))
     add_posterior_args(p)         # --samples K, --save-std, --save-samples (refusion/cli/restore_posterior.py)
     return p.parse_args(argv)

@@ -317,7 +317,9 @@ def cached_import(weights: str | os.PathLike, *, options: str | os.PathLike | No
     parts += [sha256_file(Path(p)) if p else "-" for p in (options, latent_weights)]
     parts.append(json.dumps(dict(sde or {}), sort_keys=True))
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-    root = Path(cache_dir or os.environ.get("REFUSION_CACHE", Path.home() / ".cache" / "refusion")) / "imported"
+    # the project cache the LPIPS weights use too (refusion.evaluation.lpips_weights.cache_dir)
+    base = cache_dir or os.environ.get("REFUSION_CACHE_DIR") or Path.home() / ".cache" / "refusion"
+    root = Path(base).expanduser() / "imported"
     folder = root / f"{Path(weights).stem}-{key}"
     if not (folder / "README.md").is_file():
         root.mkdir(parents=True, exist_ok=True)
