@@ -84,6 +84,7 @@ SHARED_FLAGS = {
     "sampling-trajectory": {"--device", "--threads", "--model", "--steps"},
     "gpu-check": {"--device", "--threads"},
     "posterior-figure": {"--device", "--threads", "--steps", "--seed"},
+    "distill": {"--device", "--threads"},
 }
 # the least each command needs to parse (paths need not exist: parsing stops before any work)
 MINIMAL_ARGS = {
@@ -101,6 +102,7 @@ MINIMAL_ARGS = {
     "sampling-trajectory": ["--model", "run", "--data", "data"],
     "gpu-check": [],
     "posterior-figure": ["--sde", "s", "--regressor", "r", "--gt", "gt", "--lq", "lq", "--out", "f.png"],
+    "distill": ["teacher", "--out", "student", "--student-steps", "1"],
 }
 
 

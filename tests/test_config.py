@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yml"))
 DATA = Path(__file__).parent / "data"
 
-TOP_KEYS = ("data, latent, logging, lr_schedule, model, name, optimizer, output_dir, scheduler, seed, "
+TOP_KEYS = ("data, distill, latent, logging, lr_schedule, model, name, optimizer, output_dir, scheduler, seed, "
             "task, train, validation")
 
 
@@ -191,7 +191,7 @@ def test_invalid_choices():
     assert error(schema_only, minimal(optimizer={"name": "sgd"})) == \
         "r.yml: optimizer.name must be one of lion, adamw, adam; got 'sgd'"
     assert error(schema_only, minimal(task="sdee")) == \
-        "r.yml: task must be one of sde, regressor, latent_autoencoder; got 'sdee' (did you mean 'sde'?)"
+        "r.yml: task must be one of sde, regressor, latent_autoencoder, distill; got 'sdee' (did you mean 'sde'?)"
     assert error(schema_only, minimal(lr_schedule={"name": "step"})) == \
         "r.yml: lr_schedule.name must be one of cosine, constant; got 'step'"
     assert error(schema_only, minimal(train={"total_iters": 5, "mixed_precision": "fp8"})) == \
@@ -229,7 +229,7 @@ def test_value_ranges_and_cross_checks():
     assert error(schema_only, minimal(validation={"num_inference_steps": 200})) == \
         "r.yml: validation.num_inference_steps (200) must be <= scheduler.num_train_timesteps (100)"
     assert error(schema_only, minimal("regressor", "NAFNet", scheduler={"max_sigma": 10})) == \
-        "r.yml: scheduler is only used by task 'sde', not 'regressor': remove it"
+        "r.yml: scheduler is only used by tasks 'sde' and 'distill', not 'regressor': remove it"
 
 
 def test_task_and_model_must_fit():
@@ -268,8 +268,10 @@ def test_unknown_model_name_lists_the_table():
 def test_every_network_is_trained_by_exactly_one_task():
     from refusion.models import MODELS
 
-    trainable = [name for names in TASK_MODELS.values() for name in names]
+    # distill trains students of sde networks: the networks themselves come from the other tasks
+    trainable = [name for task, names in TASK_MODELS.items() if task != "distill" for name in names]
     assert sorted(trainable) == sorted(MODELS)
+    assert set(TASK_MODELS["distill"]) <= set(TASK_MODELS["sde"])
 
 
 def test_lens_information_goes_with_the_bokeh_network_only():

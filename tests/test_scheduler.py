@@ -164,7 +164,7 @@ def test_optimal_reverse_and_forward_loops(ref, sched):
 # ------------------------------------------------------------------ config, save/load
 def test_save_load_round_trip(tmp_path, ref):
     s = IRSDEScheduler(max_sigma=30, num_train_timesteps=50, schedule="linear", eps=0.01, sampler="mr_sde",
-                       prediction_type="sample", eta=0.5, solver_order=1)
+                       prediction_type="sample", eta=0.5, solver_order=1, default_inference_steps=4)
     s.save_pretrained(tmp_path)
     loaded = IRSDEScheduler.from_pretrained(tmp_path)
     assert dict(loaded.config) == dict(s.config)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("refusion.cli.benchmark", "speed and memory on this machine, as JSON"),
     "dataset": ("refusion.cli.dataset", "build an offline paired dataset from bundled photographs"),
     "app": ("refusion.cli.app", "a web page (Gradio) that restores uploaded images with one or more models"),
+    "distill": ("refusion.cli.distill", "a K-step student of an IR-SDE teacher (1-2 network evaluations)"),
     "demo": ("refusion.cli.demo", "the quickstart: dataset, tiny SDE and NAFNet, evaluation report"),
     "sampling-study": ("refusion.cli.sampling_study", "every SDE sampler at several step counts on one run"),
     "posterior-figure": ("refusion.cli.posterior_figure", "input, regressor, SDE sample, mean of K, std and GT side by side"),

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None, *, task: str | None = None) -> int:
         return 2
     if task is not None and recipe.task != task:
         print(f"error: {args.recipe} is a {recipe.task!r} recipe; {prog} trains {task!r} recipes: "
-              f"use {TOOL_FOR_TASK[recipe.task]} or refusion train", file=sys.stderr)
+              f"use {TOOL_FOR_TASK.get(recipe.task, 'refusion train')} or refusion train", file=sys.stderr)
         return 2
     return main_guard(lambda: train(recipe, resume=args.resume, overwrite=args.overwrite,
                                     stop_at_step=args.stop_at_step))

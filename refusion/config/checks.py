@@ -40,9 +40,29 @@ def _check_sde_type(recipe: Recipe, ctx: Context) -> None:
             ctx.fail("latent", "latent: the DenoisingSDE runs on pixels; remove latent or use scheduler.type ir_sde")
 
 
+def _check_distill(recipe: Recipe, ctx: Context) -> None:
+    """The distill section: present exactly for task distill; K a divisor of the teacher's steps."""
+    cfg = recipe.distill
+    if recipe.task != "distill":
+        if cfg is not None:
+            ctx.fail("distill", f"distill is only used by task 'distill', not {recipe.task!r}: remove it")
+        return
+    if cfg is None:
+        ctx.fail("distill", "task 'distill' needs a distill section (teacher, student_steps, teacher_solver, "
+                            "teacher_steps); `refusion distill TEACHER --out DIR --student-steps K` writes one")
+    if cfg.student_steps > cfg.teacher_steps or cfg.teacher_steps % cfg.student_steps:
+        ctx.fail("distill.student_steps", f"distill.student_steps ({cfg.student_steps}) must divide "
+                                          f"distill.teacher_steps ({cfg.teacher_steps}) and be at most it")
+    if recipe.scheduler.type != "ir_sde":
+        ctx.fail("scheduler.type", "task 'distill' distils IR-SDE teachers (x_T = mu + lambda z); the DenoisingSDE "
+                                   "starts from the degraded image itself")
+    if recipe.latent is not None:
+        ctx.fail("latent", "task 'distill' runs on pixels: latent teachers are not distilled yet")
+
+
 def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
     task = recipe.task
-    if task == "sde":
+    if task in ("sde", "distill"):
         if recipe.scheduler is None:
             recipe.scheduler = SchedulerConfig()
         _check_sde_type(recipe, ctx)
@@ -53,7 +73,7 @@ def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
                      f"scheduler.num_train_timesteps ({total})")
     else:
         if raw.get("scheduler") is not None:
-            ctx.fail("scheduler", f"scheduler is only used by task 'sde', not {task!r}: remove it")
+            ctx.fail("scheduler", f"scheduler is only used by tasks 'sde' and 'distill', not {task!r}: remove it")
         if recipe.latent is not None:
             ctx.fail("latent", f"latent is only used by task 'sde', not {task!r}: remove it")
     if recipe.train.loss not in LOSSES[task]:
@@ -69,6 +89,7 @@ def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
     if recipe.model.name not in TASK_MODELS[task]:
         ctx.fail("model.name", f"task {task!r} needs {TASK_MODEL_KIND[task]}: model.name must "
                                f"be one of {', '.join(TASK_MODELS[task])}; got {recipe.model.name!r}")
+    _check_distill(recipe, ctx)
 
 
 def _datasets(recipe: Recipe) -> list[tuple[str, DatasetConfig]]:

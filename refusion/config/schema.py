@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, Optional
 
-TASKS = ("sde", "regressor", "latent_autoencoder")
+TASKS = ("sde", "regressor", "latent_autoencoder", "distill")
 OPTIMIZERS = ("lion", "adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 SDE_TYPES = ("ir_sde", "denoising")   # IR-SDE (mean mu) | the denoising-sde DenoisingSDE (mean x0)
@@ -16,6 +16,7 @@ LOSSES = {
     "sde": ("l1", "l2"),
     "regressor": ("psnr", "l1", "charbonnier", "l1_fft"),
     "latent_autoencoder": ("l1",),
+    "distill": ("l1", "l2"),          # the student's distance to the teacher's endpoint
 }
 # which networks each task can train (the task decides the forward signature the objective calls)
 TASK_MODELS = {
@@ -23,9 +24,12 @@ TASK_MODELS = {
             "BokehNAFNet"),
     "regressor": ("NAFNet", "Baseline", "HINet", "NAFFTNet"),
     "latent_autoencoder": ("LatentUNet",),
+    "distill": ("ConditionalNAFNet", "ConditionalUNet"),     # students of pixel-space IR-SDE teachers
 }
 TASK_MODEL_KIND = {"sde": "a noise network", "regressor": "a regressor",
-                    "latent_autoencoder": "an autoencoder"}
+                   "latent_autoencoder": "an autoencoder", "distill": "an IR-SDE noise network (the teacher's)"}
+# the teacher's deterministic solvers a student learns to copy
+DISTILL_SOLVERS = ("mr_ode", "ode")
 
 
 class RecipeError(ValueError):
@@ -70,6 +74,7 @@ class SchedulerConfig:
     eta: float = _field(1.0, check=NON_NEGATIVE)
     solver_order: int = _field(2, check=AT_LEAST_ONE)
     noise_level: Optional[float] = _field(None, check=POSITIVE)   # denoising: test noise sigma (0-255)
+    default_inference_steps: Optional[int] = _field(None, check=AT_LEAST_ONE)   # a distilled student's K
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         """The scheduler's (**kwargs); unset values leave the scheduler's defaults."""
@@ -96,6 +101,19 @@ class SchedulerConfig:
 @dataclass(kw_only=True)
 class LatentConfig:
     autoencoder: str
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    """A student that lands in ``student_steps`` network evaluations where the teacher's deterministic
+    ``teacher_solver`` lands in ``teacher_steps``, from the same terminal state x_T = mu + lambda z."""
+    teacher: str
+    teacher_sha256: Optional[str] = None       # of the teacher's weights; checked when the run starts
+    student_steps: int = _field(1, check=AT_LEAST_ONE)
+    teacher_solver: str = _field("mr_ode", choices=DISTILL_SOLVERS)
+    teacher_steps: int = _field(10, check=AT_LEAST_ONE)
+    lpips_weight: float = _field(0.0, check=NON_NEGATIVE)   # + weight x LPIPS(student, teacher endpoint)
+    gt_weight: float = _field(0.0, check=NON_NEGATIVE)      # + weight x L1(student, ground truth)
 
 
 @dataclass(kw_only=True)
@@ -172,6 +190,7 @@ class Recipe:
     model: ModelConfig
     scheduler: Optional[SchedulerConfig] = None  # filled with the defaults for task sde
     latent: Optional[LatentConfig] = None
+    distill: Optional[DistillConfig] = None  # task distill only
     data: DataConfig
     optimizer: OptimizerConfig = _field(OptimizerConfig())
     lr_schedule: LRScheduleConfig = _field(LRScheduleConfig())

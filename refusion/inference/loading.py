@@ -22,7 +22,8 @@ __all__ = ["WEIGHTS_NAME", "read_run_task", "load_network", "own_memory", "weigh
            "INFERENCE_FILE", "read_inference_defaults", "default_tlc"]
 
 def read_run_task(run_dir: Path) -> str:
-    """The ``task:`` of a training run directory's recipe.yml (sde | regressor | latent_autoencoder)."""
+    """The ``task:`` of a training run directory's recipe.yml (sde | regressor | latent_autoencoder | distill:
+    a distilled student, an sde model)."""
     recipe_path = run_dir / "recipe.yml"
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{recipe_path} not found: {run_dir} is neither a training run directory "
@@ -33,8 +34,8 @@ def read_run_task(run_dir: Path) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"{recipe_path}: cannot read the recipe ({type(exc).__name__}: {exc})") from exc
     task = recipe.get("task") if isinstance(recipe, dict) else None
-    if task not in ("sde", "regressor", "latent_autoencoder"):
-        raise ValueError(f"{recipe_path}: task must be sde, regressor or latent_autoencoder, got {task!r}")
+    if task not in ("sde", "regressor", "latent_autoencoder", "distill"):
+        raise ValueError(f"{recipe_path}: task must be sde, regressor, latent_autoencoder or distill, got {task!r}")
     return task
 
 

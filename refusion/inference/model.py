@@ -157,7 +157,7 @@ def _from_folder(folder: Path, weights: str) -> LoadedModel:
                              f"recipe.yml beside scheduler/)")
         return _regressor(net, folder, tlc=default_tlc(folder))
     task = read_run_task(folder)
-    if task == "sde":
+    if task in ("sde", "distill"):
         return _sde_model(load_pipeline(folder, weights=weights), folder)
     if task == "regressor":
         net = load_network(weights_dir(folder, weights))

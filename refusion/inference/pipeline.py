@@ -470,7 +470,7 @@ def load_pipeline(path: str | Path, *, device: str | torch.device | None = None,
                 own_memory(module)
     else:
         task = read_run_task(path)
-        if task != "sde":
+        if task not in ("sde", "distill"):
             hint = (f"Use refusion.restore(lq, model={str(path)!r}) for regressors" if task == "regressor" else
                     "an autoencoder run is used through the latent sde run that names it (recipe latent.autoencoder)")
             raise ValueError(f"{path} is a {task!r} run; load_pipeline/sample need an sde run. {hint}")

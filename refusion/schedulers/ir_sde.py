@@ -114,12 +114,16 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, max_sigma: float = 50.0, num_train_timesteps: int = 100, schedule: str = "cosine",
                  eps: float = 0.005, sampler: str = "mr_sde", prediction_type: str = "epsilon",
-                 eta: float = 1.0, solver_order: int = 2):
+                 eta: float = 1.0, solver_order: int = 2, default_inference_steps: Optional[int] = None):
         _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("sampler", sampler, S.SAMPLERS)
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _check_choice("solver_order", solver_order, (1, 2))
         check_sde_numbers(num_train_timesteps, max_sigma, eps, eta, eps_hint="the signal left at t = T, e.g. 0.005")
+        if default_inference_steps is not None and not (isinstance(default_inference_steps, int)
+                                                        and 1 <= default_inference_steps <= num_train_timesteps):
+            raise ValueError(f"default_inference_steps must be None or an int in [1, num_train_timesteps="
+                             f"{num_train_timesteps}], got {default_inference_steps!r}")
 
         lam = max_sigma / 255 if max_sigma >= 1 else max_sigma
         thetas = THETA_SCHEDULES[schedule](num_train_timesteps)
@@ -139,9 +143,13 @@ class IRSDEScheduler(SchedulerMixin, ConfigMixin):
 
     def default_steps(self, sampler: str | None = None) -> int:
         """The documented step count of ``sampler`` (None: the configured one): 10 for mr_ode / mr_sde,
-        every trained step for the official sde, ode and posterior updates."""
+        every trained step for the official sde, ode and posterior updates. A model trained for a step
+        count (a distilled student: ``default_inference_steps``) has that count for its own sampler."""
         sampler = sampler or self.config.sampler
         _check_choice("sampler", sampler, S.SAMPLERS)
+        own = self.config.get("default_inference_steps")
+        if own is not None and sampler == self.config.sampler:
+            return own
         return min(S.FEW_STEP_DEFAULT.get(sampler, self.config.num_train_timesteps), self.config.num_train_timesteps)
 
     @property

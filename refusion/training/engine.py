@@ -13,6 +13,8 @@ N/2, stopping and resuming to N give the same weights.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import pickle
@@ -56,6 +58,7 @@ class _Run:
     scheduler: object | None
     autoencoder: torch.nn.Module | None
     ema: EMA | None
+    teacher: object = None          # task distill: the teacher (refusion.inference.model.LoadedModel), frozen
     best_psnr: float = float("-inf")
     val_dataset: object = None      # built at the first validation, decoded once
 
@@ -165,8 +168,9 @@ def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
     set_seed(recipe.seed)  # same initial weights on every process
     model = build_model(recipe.model.name, **recipe.model.args)
     scheduler = None
-    if recipe.task == "sde":
+    if recipe.task in ("sde", "distill"):
         scheduler = recipe.scheduler.build()
+    teacher = _student_of_teacher(recipe, model, accelerator.device) if recipe.task == "distill" else None
     autoencoder = None
     if recipe.latent is not None:
         autoencoder = rd.load_autoencoder_run(Path(recipe.latent.autoencoder)).to(accelerator.device)
@@ -177,7 +181,21 @@ def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
     if ema is not None:
         ema.to(accelerator.device)
     set_seed(recipe.seed, device_specific=True)  # noise and timesteps differ between processes
-    return _Run(recipe, run_dir, accelerator, model, module, optimizer, scheduler, autoencoder, ema)
+    return _Run(recipe, run_dir, accelerator, model, module, optimizer, scheduler, autoencoder, ema, teacher)
+
+
+def _student_of_teacher(recipe, student: torch.nn.Module, device):
+    """Load and check the teacher of a distill run and start the student from its weights."""
+    from refusion.training import distillation
+
+    teacher = distillation.load_teacher(recipe.distill, device)
+    distillation.check_teacher_matches(recipe.distill, recipe.scheduler, teacher)
+    try:
+        student.load_state_dict(teacher.network.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"model: the student ({recipe.model.name} {recipe.model.args}) is not the teacher's "
+                         f"network {type(teacher.network).__name__}: {exc}") from None
+    return teacher
 
 
 def _restore(run: _Run) -> tuple[int, int]:
@@ -267,6 +285,8 @@ def _loop(run: _Run, step: int, position: int, stop_at_step: int | None) -> None
     total = tc.total_iters
     last = min(total, stop_at_step) if stop_at_step is not None else total
     objective = objectives_module.OBJECTIVES[recipe.task]
+    if run.teacher is not None:
+        objective = functools.partial(objective, teacher=run.teacher, distill=recipe.distill)
     global_batch = tc.batch_size * acc.num_processes
     if step >= last:
         acc.print(f"nothing to do: the run is at step {step}, target step {last}")
@@ -461,6 +481,10 @@ def _save_run_weights(run: _Run) -> None:
     if not run.accelerator.is_main_process:
         return
     rd.save_pretrained_atomic(run.inference_model, run.run_dir / "model")
+    if run.teacher is not None:
+        from refusion.training.distillation import weights_sha256, write_student_card
+
+        write_student_card(run.run_dir, run.recipe, weights_sha256(run.teacher.network))
     if run.scheduler is not None:
         rd.save_pretrained_atomic(run.scheduler, run.run_dir / "scheduler")
     if run.autoencoder is not None:

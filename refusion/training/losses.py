@@ -97,4 +97,5 @@ LOSS_NAMES = {
     "sde": ("l1", "l2"),
     "regressor": ("psnr", "l1", "charbonnier", "l1_fft"),
     "latent_autoencoder": ("l1",),
+    "distill": ("l1", "l2"),
 }

@@ -23,6 +23,7 @@ from torch import nn
 
 from refusion.data.lens import lens_arguments
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
+from refusion.training.distillation import distill_objective
 from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 
 LATENT_REGULARISER_WEIGHT = 0.001
@@ -158,6 +159,7 @@ OBJECTIVES = {
     "sde": sde_objective,
     "regressor": regressor_objective,
     "latent_autoencoder": latent_autoencoder_objective,
+    "distill": distill_objective,
 }
 
 

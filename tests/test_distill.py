@@ -1,0 +1,168 @@
+"""Distilled students: the training target is the teacher's solver endpoint from the same x_T, a student is an
+ordinary SDE model (K network evaluations by default, another seed another image), bad input refused before
+any work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import refusion
+from refusion.cli import distill as distill_cli
+from refusion.data.image_io import write_image
+from refusion.inference.model import load_model
+from refusion.inference.pipeline import sde_sample
+from refusion.inference.settings import RestoreSettings
+from refusion.inference.restorer import restore_image
+from refusion.models import ConditionalNAFNet, NAFNet
+from refusion.schedulers.ir_sde import IRSDEScheduler
+from refusion.training.distillation import distill_objective, distillation_target, weights_sha256
+from same_results import INSTANCE_ATOL
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+
+
+def teacher_net(seed: int = 0) -> ConditionalNAFNet:
+    torch.manual_seed(seed)
+    net = ConditionalNAFNet(**TINY)
+    with torch.no_grad():          # the blocks' skip gains start at zero: give the blocks a say
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.3)
+    return net.eval()
+
+
+class Cfg:
+    teacher_solver, teacher_steps, student_steps, lpips_weight, gt_weight = "mr_ode", 4, 1, 0.0, 0.0
+
+
+def test_the_target_is_the_teachers_solver_endpoint_from_the_same_terminal_state():
+    net, scheduler = teacher_net(), IRSDEScheduler(num_train_timesteps=20, prediction_type="epsilon")
+    mu = torch.rand(2, 3, 16, 16)
+    x_T = scheduler.initial_sample(mu, generator=torch.Generator().manual_seed(3))
+    target = distillation_target(net, scheduler, Cfg, mu, x_T)
+    # what inference gives for the teacher's mr_ode at 4 steps with the generator that drew x_T
+    inference = sde_sample(net, IRSDEScheduler.from_config(scheduler.config, sampler="mr_ode"), mu,
+                           num_inference_steps=4, generator=torch.Generator().manual_seed(3))
+    # the same arithmetic; inference feeds the network channels_last (other kernels): float32 rounding only
+    torch.testing.assert_close(target, inference, rtol=1e-5, atol=INSTANCE_ATOL)
+    other = distillation_target(net, scheduler, Cfg, mu, scheduler.initial_sample(mu, generator=torch.Generator()
+                                                                                  .manual_seed(4)))
+    assert (other - target).abs().max() > 1e-2            # another z, another endpoint: the target keeps z
+
+
+def test_a_student_that_is_its_teacher_at_the_teachers_steps_has_zero_loss():
+    net, scheduler = teacher_net(), IRSDEScheduler(num_train_timesteps=20, sampler="mr_ode")
+    teacher = load_model(net, scheduler=scheduler)
+    batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16)}
+    train_cfg = type("T", (), {"loss": "l1"})
+
+    class Same(Cfg):
+        student_steps = 4
+
+    torch.manual_seed(0)
+    loss, _ = distill_objective(teacher_net(), batch, scheduler, train_cfg, teacher=teacher, distill=Same)
+    assert float(loss.detach()) < 1e-5                          # same x_T for both, same solver, same network
+    torch.manual_seed(0)
+    loss, logs = distill_objective(teacher_net(), batch, scheduler, train_cfg, teacher=teacher, distill=Cfg)
+    assert float(loss.detach()) > 1e-3 and logs["teacher"] == pytest.approx(float(loss))
+    loss.backward()                                    # the gradient reaches the student through its K steps
+
+
+def make_pairs(folder: Path, count: int, size: int = 40) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        gt = rng.random((size, size, 3)).astype(np.float32)
+        write_image(folder / "gt" / f"{i}.png", gt)
+        write_image(folder / "lq" / f"{i}.png", np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1))
+    return folder / "gt", folder / "lq"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    gt, lq = make_pairs(root / "data", 4)
+    run = root / "teacher"
+    run.mkdir()
+    data = {"train": {"gt": str(gt), "lq": str(lq), "gt_size": 16}, "val": {"gt": str(gt), "lq": str(lq)},
+            "num_workers": 0}
+    (run / "recipe.yml").write_text(yaml.safe_dump({"task": "sde", "data": data}))
+    teacher_net().save_pretrained(run / "model")
+    IRSDEScheduler(num_train_timesteps=20).save_pretrained(run / "scheduler")
+    return run
+
+
+def distill(teacher: Path, out: Path, *extra: str) -> int:
+    return distill_cli.main([str(teacher), "--out", str(out), *extra, "--threads", "1", "--device", "cpu",
+                             "--set", "train.total_iters=2", "train.batch_size=2", "validation.every=0",
+                             "logging.tensorboard=false"])
+
+
+def test_distill_trains_a_student_that_every_entry_point_runs_at_k_steps(teacher_run, tmp_path):
+    out = tmp_path / "student"
+    assert distill(teacher_run, out, "--student-steps", "1", "--teacher-steps", "4") == 0
+    recipe = yaml.safe_load((out / "recipe.yml").read_text())
+    assert recipe["task"] == "distill" and recipe["distill"]["student_steps"] == 1
+    teacher = load_model(teacher_run)
+    assert recipe["distill"]["teacher_sha256"] == weights_sha256(teacher.network)
+    card = (out / "README.md").read_text()
+    assert str(teacher_run) in card and weights_sha256(teacher.network) in card and "mr_ode" in card
+    student = load_model(out)
+    assert student.kind == "sde" and student.default_steps() == 1
+    # started from the teacher, moved by training
+    assert any((a - b).abs().max() > 0 for a, b in zip(student.network.state_dict().values(),
+                                                        teacher.network.state_dict().values()))
+    calls = []
+    student.network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    lq = torch.rand(1, 3, 24, 24)
+    one = restore_image(student, lq, RestoreSettings(seed=1)).image
+    assert calls == [1]                                 # one network evaluation for the image
+    two = restore_image(student, lq, RestoreSettings(seed=2)).image
+    assert (one - two).abs().max() > 1e-3              # another x_T, another sample: still a sampler
+    torch.testing.assert_close(refusion.sample(lq, model=out, generator=torch.Generator().manual_seed(1),
+                                               progress=False), one, rtol=0, atol=INSTANCE_ATOL)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("regressor", "regressor: a teacher is an IR-SDE model"),
+    ("steps", "--student-steps 3: must divide --teacher-steps (10)"),
+    ("pipeline without data", "give the student's training pairs with --gt DIR --lq DIR"),
+])
+def test_bad_teachers_and_step_counts_are_refused_before_any_work(teacher_run, tmp_path, capsys, case, words):
+    teacher, extra = teacher_run, ["--student-steps", "1"]
+    if case == "regressor":
+        teacher = tmp_path / "nafnet"
+        NAFNet(width=4, enc_blk_nums=[1], dec_blk_nums=[1], middle_blk_num=1).save_pretrained(teacher)
+    elif case == "steps":
+        extra = ["--student-steps", "3"]
+    else:
+        teacher = tmp_path / "pipeline"
+        refusion.RefusionPipeline(unet=teacher_net(), scheduler=IRSDEScheduler(num_train_timesteps=20)) \
+            .save_pretrained(teacher)
+    out = tmp_path / "student"
+    assert distill(teacher, out, *extra) == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()                             # nothing written
+
+
+def test_student_steps_zero_is_a_usage_error(teacher_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        distill(teacher_run, tmp_path / "s", "--student-steps", "0")
+    assert info.value.code == 2 and "--student-steps" in capsys.readouterr().err
+
+
+def test_a_student_resumed_with_another_teacher_is_refused(teacher_run, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert distill(teacher_run, out, "--student-steps", "2", "--teacher-steps", "4") == 0
+    teacher_net(seed=5).save_pretrained(teacher_run / "model")      # the teacher's weights change
+    try:
+        code = distill(teacher_run, out, "--student-steps", "2", "--teacher-steps", "4", "--resume")
+    finally:
+        teacher_net().save_pretrained(teacher_run / "model")
+    assert code != 0
+    assert "a student continues with the teacher it started with" in capsys.readouterr().err
