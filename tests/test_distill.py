@@ -13,6 +13,7 @@ import yaml
 import refusion
 from refusion.cli import distill as distill_cli
 from refusion.data.image_io import write_image
+from refusion.evaluation.evaluate import evaluate_runs
 from refusion.inference.model import load_model
 from refusion.inference.pipeline import sde_sample
 from refusion.inference.settings import RestoreSettings
@@ -126,6 +127,12 @@ def test_distill_trains_a_student_that_every_entry_point_runs_at_k_steps(teacher
     assert (one - two).abs().max() > 1e-3              # another x_T, another sample: still a sampler
     torch.testing.assert_close(refusion.sample(lq, model=out, generator=torch.Generator().manual_seed(1),
                                                progress=False), one, rtol=0, atol=INSTANCE_ATOL)
+    # evaluation's 'default' spec runs each model at its own sampler and steps: the NFE column says 1
+    gt_dir = Path(recipe["data"]["train"]["gt"])
+    result = evaluate_runs([out, teacher_run], gt_dir, gt_dir.parent / "lq", tmp_path / "report", samplers=["default"],
+                           progress=False, max_images=2, grid_images=1, workers=1)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["student [mr_ode, 1]"]["nfe"] == 1 and rows["teacher [mr_sde, 10]"]["nfe"] == 10
 
 
 @pytest.mark.parametrize("case, words", [

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="report folder")
     parser.add_argument("--samplers", nargs="+", default=["posterior:100"],
                         help="SDE settings as SAMPLER:STEPS, or SAMPLER:STEPS:meanK for the mean of K posterior "
-                             "samples per image (a stochastic sampler), e.g. posterior:100 mr_sde:10:mean4")
+                             "samples per image (a stochastic sampler), e.g. posterior:100 mr_sde:10:mean4; 'default': "
+                             "each model's own sampler at its default steps (a distilled student at its K)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="each regressor also gets a row restored with its x8 self-ensemble (flips and rotations)")
     parser.add_argument("--max-images", type=int, default=None)

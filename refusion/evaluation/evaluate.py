@@ -71,18 +71,26 @@ class Method:
         return f"{self.run_dir.name} [{', '.join(settings)}]" if settings else self.run_dir.name
 
 
+DEFAULT_SPEC = "default"
+
+
 def parse_sampler_specs(specs: Sequence[str]) -> list[tuple[str, int, int]]:
     """'posterior:100' -> ('posterior', 100, 1); 'mr_sde:10:mean4' -> ('mr_sde', 10, 4), the mean of 4
-    posterior samples per image; errors name the bad entry."""
+    posterior samples per image; 'default' -> ('default', 0, 1): each model's own sampler at its default
+    steps (a distilled student at its K); errors name the bad entry."""
     out = []
     for spec in specs:
+        if spec == DEFAULT_SPEC:
+            out.append((DEFAULT_SPEC, 0, 1))
+            continue
         parts = spec.split(":")
         name, steps, mean = (parts + ["", ""])[:3]
         samples = mean[4:] if mean.startswith("mean") else ""
         if (len(parts) > 3 or not name or not steps.isdigit() or int(steps) < 1
                 or (mean and (not samples.isdigit() or int(samples) < 2))):
             raise ValueError(f"sampler spec {spec!r} must look like NAME:STEPS or NAME:STEPS:meanK (K >= 2 posterior "
-                             f"samples averaged per image), e.g. posterior:100 or mr_sde:10:mean4")
+                             f"samples averaged per image), e.g. posterior:100 or mr_sde:10:mean4, or 'default' "
+                             f"(each model's own sampler and steps)")
         out.append((name, int(steps), int(samples) if mean else 1))
     return out
 
@@ -119,8 +127,12 @@ def load_methods(run_dirs: Sequence[Path], sampler_specs: Sequence[tuple[str, in
         # an official checkpoint is imported into the shared cache by one process, then read by all
         with state.main_process_first() if state is not None else contextlib.nullcontext():
             loaded[run_dir] = load_model(run_dir, options=(options or {}).get(run_dir), device=device)
-        if loaded[run_dir].kind == "sde":
-            methods += [Method(run_dir, "sde", s, n, k) for s, n, k in sampler_specs]
+        model = loaded[run_dir]
+        if model.kind == "sde":
+            for s, n, k in sampler_specs:
+                own = s == DEFAULT_SPEC         # the model's own sampler at its default steps
+                methods.append(Method(run_dir, "sde", model.defaults.sampler if own else s,
+                                      model.default_steps() if own else n, k))
         else:
             methods.append(Method(run_dir, "regressor"))
             methods += [Method(run_dir, "regressor", self_ensemble=True)] if self_ensemble else []
