@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import refusion
 from refusion.cli import restore as restore_cli
@@ -46,6 +45,7 @@ from refusion.official.importer import import_official
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from same_results import INSTANCE_ATOL, assert_close_outputs, assert_same_images
+from test_restore_cli import write_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -81,16 +81,6 @@ def activate(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if name.endswith(("beta", "gamma")):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     return net.eval()
-
-
-def write_run(root: Path, task: str, net, scheduler=None) -> Path:
-    """A run folder as training leaves it, as far as loading reads it: recipe task, model/, scheduler/."""
-    root.mkdir(parents=True)
-    (root / "recipe.yml").write_text(yaml.safe_dump({"task": task}))
-    net.save_pretrained(root / "model")
-    if scheduler is not None:
-        scheduler.save_pretrained(root / "scheduler")
-    return root
 
 
 def save_pipeline(root: Path, unet, scheduler, autoencoder=None) -> Path:
