@@ -7,7 +7,12 @@ pipeline folder, then ``load_pipeline``. The same pipeline, weights and image th
 - ``official_procedure``: what the official test script does, 100 posterior steps in float32
   (refusion's ``posterior`` sampler is the official update, pinned to the official vectors in
   tests/test_samplers.py; the official code itself is not run here);
-- ``refusion_mr_sde_10`` / ``refusion_mr_ode_5``: refusion's fast samplers.
+- ``refusion_mr_sde_10`` / ``refusion_mr_ode_5``: refusion's fast samplers;
+- ``student_k1`` / ``student_k2``: a distilled student (``refusion distill``) at its K steps: the teacher's
+  network run by ``mr_ode`` K times. Its speed does not depend on its weights, so the imported network
+  itself times it; what a student's weights change is quality (docs/distillation.md).
+
+Both image sizes (128x128 and 256x256) run in one call (``--smoke``: one 32x32 image, the small network).
 
 The ratio is split into its two factors, network evaluations (NFE) and seconds per evaluation
 (scheduler overhead, channels_last inputs, allocator), so each part is accounted for. Quality at
@@ -33,7 +38,7 @@ OPTIONS = {
     "path": {"pretrain_model_G": "pretrained/refusion.pth"},
 }
 VARIANTS = {"official_procedure": ("posterior", 100), "refusion_mr_sde_10": ("mr_sde", 10),
-            "refusion_mr_ode_5": ("mr_ode", 5)}
+            "refusion_mr_ode_5": ("mr_ode", 5), "student_k2": ("mr_ode", 2), "student_k1": ("mr_ode", 1)}
 
 
 def imported_pipeline(folder: Path, full: bool):
@@ -52,38 +57,50 @@ def imported_pipeline(folder: Path, full: bool):
     return refusion.load_pipeline(result.path), result
 
 
+def _time_variants(pipe, size: int, repeats: int) -> dict:
+    """Seconds of every variant on one size x size image (the same weights and image for all)."""
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+
+    def run(sampler: str, steps: int):
+        return pipe(lq, num_inference_steps=steps, sampler=sampler, output_type="pt", progress=False,
+                    generator=torch.Generator().manual_seed(0)).images
+
+    run("mr_sde", 1)                                     # warm-up: allocator, first-call costs
+    timings = {}
+    for name, (sampler, steps) in VARIANTS.items():
+        seconds = perf.median_time(lambda s=sampler, n=steps: run(s, n), repeats=1 if steps >= 50 else repeats,
+                                   warmup=0)
+        timings[name] = {"sampler": sampler, "steps": steps, "nfe": steps, "seconds": seconds,
+                         "seconds_per_nfe": seconds / steps}
+    return timings
+
+
+def _factors(timings: dict) -> dict:
+    """Each variant against the official procedure: speedup = NFE ratio x per-NFE ratio."""
+    base = timings["official_procedure"]
+    return {name: {"speedup": base["seconds"] / t["seconds"], "nfe_ratio": base["nfe"] / t["nfe"],
+                   "per_nfe_ratio": base["seconds_per_nfe"] / t["seconds_per_nfe"]}
+            for name, t in timings.items() if name != "official_procedure"}
+
+
 def bench_official(state: dict) -> dict:
-    size = 32 if state["smoke"] else 256 if state["full"] else 128
+    sizes = [32] if state["smoke"] else [128, 256]
     full = not state["smoke"]
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         pipe, imported = imported_pipeline(Path(tmp), full)
-        lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
-
-        def run(sampler: str, steps: int):
-            return pipe(lq, num_inference_steps=steps, sampler=sampler, output_type="pt", progress=False,
-                        generator=torch.Generator().manual_seed(0)).images
-
-        run("mr_sde", 1)                                     # warm-up: allocator, first-call costs
-        timings = {}
-        for name, (sampler, steps) in VARIANTS.items():
-            repeats = 1 if steps >= 50 else max(1, state["repeats"])
-            seconds = perf.median_time(lambda s=sampler, n=steps: run(s, n), repeats=repeats, warmup=0)
-            timings[name] = {"sampler": sampler, "steps": steps, "nfe": steps, "seconds": seconds,
-                             "seconds_per_nfe": seconds / steps}
-    base = timings["official_procedure"]
-    factors = {}
-    for name, t in timings.items():
-        if name == "official_procedure":
-            continue
-        factors[name] = {"speedup": base["seconds"] / t["seconds"], "nfe_ratio": base["nfe"] / t["nfe"],
-                         "per_nfe_ratio": base["seconds_per_nfe"] / t["seconds_per_nfe"]}
-    rows = [{"variant": n, "sampler": t["sampler"], "NFE": t["nfe"], "s / image": t["seconds"],
-             "s / NFE": t["seconds_per_nfe"], "speedup": factors.get(n, {}).get("speedup", 1.0)}
-            for n, t in timings.items()]
-    print_table(f"imported {imported.network} ({imported.num_parameters:,} parameters), one {size}x{size} image, "
-                f"float32 [{perf.machine_info().get('cpu_capability', '?')}]", rows, list(rows[0]))
-    return {"image_size": size, "network": imported.network, "kwargs": imported.kwargs,
+        for size in sizes:
+            timings = _time_variants(pipe, size, max(1, state["repeats"]))
+            factors = _factors(timings)
+            rows = [{"variant": n, "sampler": t["sampler"], "NFE": t["nfe"], "s / image": t["seconds"],
+                     "s / NFE": t["seconds_per_nfe"], "speedup": factors.get(n, {}).get("speedup", 1.0)}
+                    for n, t in timings.items()]
+            print_table(f"imported {imported.network} ({imported.num_parameters:,} parameters), one {size}x{size} "
+                        f"image, float32 [{perf.machine_info().get('cpu_capability', '?')}]", rows, list(rows[0]))
+            results[str(size)] = {"variants": timings, "factors": factors}
+    return {"image_sizes": sizes, "network": imported.network, "kwargs": imported.kwargs,
             "num_parameters": imported.num_parameters, "quickstart_size": not full,
-            "network_config_small": None if full else QUICKSTART, "variants": timings, "factors": factors,
+            "network_config_small": None if full else QUICKSTART, "sizes": results,
             "note": "speedup = nfe_ratio x per_nfe_ratio; the official procedure runs refusion's posterior sampler "
-                    "(the official update) with the same weights and image"}
+                    "(the official update) with the same weights and image; a student is the same network at K "
+                    "mr_ode steps (its weights do not change its speed)"}
