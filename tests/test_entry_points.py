@@ -18,8 +18,9 @@ the test-time local converter is really on in every entry point. The networks ar
 initialised (fixed seeds), never trained: only the sameness of the paths is under test.
 
 Known gaps are strict xfails (APP_GAPS): the app cannot restore with a stereo model (it takes one image
-file, not a view pair) nor a bokeh model (its requests carry no lens information); `refusion app` refuses
-both at start, naming `refusion restore`. When the app learns them, the xfails turn into failures to remove.
+file, not a view pair); `refusion app` refuses it at start, naming `refusion restore`. When the app learns
+view pairs, the xfail turns into a failure to remove. A bokeh model gets its lens information from the
+page's three fields.
 """
 from __future__ import annotations
 
@@ -65,8 +66,7 @@ TLC_KINDS = ["nafnet_local_import", "official_pth"]
 TLC_SIZE = 96       # 3 x the training patch: the small official network's TLC moves pixels by about 3e-3 there
 # what the app cannot take yet: it reads one image file and passes no lens information
 # (refusion/cli/app_service.py, AppService.restore / AppService._run)
-APP_GAPS = {"stereo": "the app restores one image file; a stereo model needs both views of a pair",
-            "bokeh": "the app has no lens information to give a bokeh model (Settings has no lens fields)"}
+APP_GAPS = {"stereo": "the app restores one image file; a stereo model needs both views of a pair"}
 
 
 # ----------------------------------------------------------------------------------------- the models
@@ -316,7 +316,8 @@ def test_app_matches_the_library(case, request):
         request.applymarker(pytest.mark.xfail(raises=AppInputError, strict=True, reason=APP_GAPS[case.kind]))
     loaded = load_model(case.model, options=case.options)
     service = AppService([AppModel(case.kind, loaded)], Limits(), case.folder / "app")
-    settings = Settings(sampler=case.sampler, steps=STEPS if case.sde else None, seed=SEED)
+    lens = dict(zip(("src_lens", "tgt_lens", "disparity"), LENSES[NAME])) if case.lens else {}   # the page's fields
+    settings = Settings(sampler=case.sampler, steps=STEPS if case.sde else None, seed=SEED, **lens)
     result = service.restore(case.kind, case.folder / "cli_in" / f"{case.views[0]}.png", settings)
     assert result.restored.dtype == np.float32
     assert_close_outputs(torch.from_numpy(result.restored), torch.from_numpy(case.library), atol=INSTANCE_ATOL)
@@ -349,4 +350,17 @@ def test_the_app_refuses_at_start_what_its_page_cannot_drive(workspace, kind, tm
     model, options = build_model(kind, tmp_path / "models", checkpoint)
     with pytest.raises(app_cli.UsageError, match=r"refusion restore") as info:
         app_cli.load_models([app_cli.ModelSpec(model, options)], torch.device("cpu"))
-    assert str(model) in str(info.value) and ("view pairs" in str(info.value) or "lens information" in str(info.value))
+    assert str(model) in str(info.value) and "view pairs" in str(info.value)
+
+
+def test_the_app_asks_a_bokeh_model_for_all_three_lens_fields(workspace, tmp_path):
+    root, checkpoint = workspace
+    model, _ = build_model("bokeh", tmp_path / "models", checkpoint)
+    views = write_inputs(tmp_path, "bokeh", 32)
+    service = AppService([AppModel("bokeh", load_model(model))], Limits(), tmp_path / "app")
+    image = tmp_path / "cli_in" / f"{views[0]}.png"
+    with pytest.raises(AppInputError, match="lens information .*target lens, disparity missing"):
+        service.restore("bokeh", image, Settings(sampler="mr_sde", steps=STEPS, src_lens="Sony50mmf1.8BS"))
+    with pytest.raises(AppInputError, match="src_lens"):
+        service.restore("bokeh", image, Settings(sampler="mr_sde", steps=STEPS, src_lens="Nikon", tgt_lens="Canon50mmf1.4BS",
+                                                 disparity="35"))

@@ -154,9 +154,8 @@ def load_models(specs: list[ModelSpec], device) -> list[AppModel]:
     return loaded
 
 
-# what a request cannot carry: the page takes one image file and no lens information
-_PAGE_GAPS = {"stereo": "restores left/right view pairs, and a request carries one image file",
-              "lens": "needs the lens information of every image, and a request carries none"}
+# what a request cannot carry: the page takes one image file, not a left/right view pair
+_PAGE_GAPS = {"stereo": "restores left/right view pairs, and a request carries one image file"}
 
 
 def _check_one_image_model(path: Path, model) -> None:
@@ -164,8 +163,7 @@ def _check_one_image_model(path: Path, model) -> None:
     gap = _PAGE_GAPS.get(model.capabilities.conditioning)
     if gap:
         raise UsageError(f"--model {str(path)!r} ({type(model.network).__name__}) {gap}; restore it with "
-                         f"`refusion restore` (view pairs <id>_L/<id>_R, --lens-meta or --src-lens/--tgt-lens/"
-                         f"--disparity)")
+                         f"`refusion restore` (view pairs <id>_L/<id>_R)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +199,8 @@ def _sde_controls(service: AppService, defaults: Settings, name: str) -> dict:
     steps = dict(minimum=1, maximum=top, value=value) if top > 1 else dict(minimum=0, maximum=1, value=1)
     return {"sampler": dict(choices=list(entry.samplers), value=entry.default_sampler, visible=sde),
             "steps": dict(**steps, visible=sde),
-            "seed": dict(visible=sde), "samples": dict(visible=sde), "about": entry.describe()}
+            "seed": dict(visible=sde), "samples": dict(visible=sde), "about": entry.describe(),
+            "lens": dict(visible=entry.takes_lens)}
 
 
 def _first_controls(service: AppService, defaults: Settings) -> dict:
@@ -227,7 +226,7 @@ def _page_handlers(service: AppService, defaults: Settings) -> SimpleNamespace:
     def on_model(name: str):
         c = _sde_controls(service, defaults, name)
         return (gr.Dropdown(**c["sampler"]), gr.Slider(**c["steps"]), gr.Number(**c["seed"]), gr.Slider(**c["samples"]),
-                c["about"])
+                c["about"], gr.Row(**c["lens"]))
 
     def on_input(path):
         if not path:
@@ -257,12 +256,13 @@ def _restore_handler(service: AppService):
     from refusion.cli.app_service import AppInputError, Settings, metrics_markdown, preview, uncertainty_map
 
     def on_restore(model_name, lq_path, gt_path, sampler, steps, tile, seed, half, color_fix="off", self_ensemble=False,
-                   samples=1, progress=gr.Progress()):
+                   samples=1, src_lens=None, tgt_lens=None, disparity=None, progress=gr.Progress()):
         def on_step(done: int, total: int) -> None:
             progress((done, total), desc="restoring", unit="steps")
 
         settings = Settings(sampler=sampler, steps=steps, tile=tile, seed=seed, half=half, color_fix=color_fix,
-                            self_ensemble=self_ensemble, samples=samples)
+                            self_ensemble=self_ensemble, samples=samples, src_lens=src_lens, tgt_lens=tgt_lens,
+                            disparity=disparity)
         try:
             result = service.restore(model_name, lq_path, settings, gt_path or None, on_step=on_step)
         except AppInputError as exc:
@@ -322,6 +322,10 @@ def _input_components(service: AppService, defaults: Settings, first: dict) -> S
                                 "map; a stochastic sampler such as mr_sde; K times the time)",
                           elem_id="samples", **first["samples"])
     c.seed = gr.Number(value=defaults.seed, precision=0, minimum=0, label="seed", elem_id="seed", **first["seed"])
+    with gr.Row(**first["lens"]) as c.lens_row:      # bokeh models: the image's lens information
+        c.src_lens = gr.Textbox(label="source lens", placeholder="Sony50mmf16.0BS", elem_id="src-lens")
+        c.tgt_lens = gr.Textbox(label="target lens", placeholder="Canon50mmf1.4BS", elem_id="tgt-lens")
+        c.disparity = gr.Textbox(label="disparity (blur strength)", placeholder="35", elem_id="disparity")
     c.tile = gr.Number(value=defaults.tile or 0, precision=0, minimum=0,
                        label="tile size in pixels (0: the whole image at once)", elem_id="tile")
     c.half = gr.Checkbox(value=defaults.half, label="half precision (bfloat16 on CPU, float16 on CUDA)",
@@ -351,14 +355,15 @@ def _result_components() -> SimpleNamespace:
 def _wire_events(demo, page: SimpleNamespace, handlers: SimpleNamespace) -> None:
     """What each event of the page calls, with which components in and out."""
     p, h = page, handlers
-    demo.load(h.on_model, inputs=p.model, outputs=[p.sampler, p.steps, p.seed, p.samples, p.about], queue=False)
-    p.model.change(h.on_model, inputs=p.model, outputs=[p.sampler, p.steps, p.seed, p.samples, p.about], queue=False)
+    per_model = [p.sampler, p.steps, p.seed, p.samples, p.about, p.lens_row]
+    demo.load(h.on_model, inputs=p.model, outputs=per_model, queue=False)
+    p.model.change(h.on_model, inputs=p.model, outputs=per_model, queue=False)
     p.lq_file.change(h.on_input, inputs=p.lq_file, outputs=[p.lq_view, p.status], queue=False)
     p.use_sample.click(h.on_sample, inputs=[p.sample, p.degradation], outputs=[p.lq_file, p.gt_file, p.status],
                        queue=False)
     p.run.click(h.on_restore,
                 inputs=[p.model, p.lq_file, p.gt_file, p.sampler, p.steps, p.tile, p.seed, p.half, p.color_fix,
-                        p.self_ensemble, p.samples],
+                        p.self_ensemble, p.samples, p.src_lens, p.tgt_lens, p.disparity],
                 outputs=[p.status, p.compare, p.result_file, p.scores, p.std_map], api_name="restore")
 
 

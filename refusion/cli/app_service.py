@@ -66,6 +66,11 @@ class AppModel:
         return self.model.kind
 
     @property
+    def takes_lens(self) -> bool:
+        """A bokeh model: every request carries the image's lens information."""
+        return self.model.capabilities.conditioning == "lens"
+
+    @property
     def samplers(self) -> tuple[str, ...]:
         return self.model.samplers
 
@@ -96,6 +101,9 @@ class Settings:
     color_fix: str | None = None           # "adain" / "wavelet"; None or "off": no colour fix
     self_ensemble: bool = False
     samples: int = 1                       # sde: K posterior samples; K > 1 gives their mean and std
+    src_lens: str | None = None            # bokeh models: the image's lens information (refusion.data.lens)
+    tgt_lens: str | None = None
+    disparity: str | float | None = None
 
 
 @dataclass
@@ -202,7 +210,8 @@ class AppService:
         if samples > self.limits.max_samples:
             raise AppInputError(f"{samples} posterior samples asked for; this app allows at most "
                                 f"{self.limits.max_samples} (refusion app --max-samples)")
-        return Settings(sampler=sampler, steps=steps, samples=samples, **common)
+        lens = _lens_fields(entry, settings)
+        return Settings(sampler=sampler, steps=steps, samples=samples, **lens, **common)
 
     # -- one request -------------------------------------------------------------------------
     def restore(self, model_name: str | None, lq_path, settings: Settings | None = None, gt_path=None, *,
@@ -253,9 +262,10 @@ class AppService:
 
         overlap = min(TILE_OVERLAP, settings.tile // 4) if settings.tile else TILE_OVERLAP
         sde = entry.kind == "sde"
+        lens = _lens_of(settings) if entry.takes_lens else None
         wanted = RestoreSettings(sampler=settings.sampler if sde else None, steps=settings.steps if sde else None,
                                  seed=settings.seed if sde else None, samples=settings.samples if sde else 1,
-                                 tile=settings.tile, overlap=overlap, half=settings.half,
+                                 tile=settings.tile, overlap=overlap, half=settings.half, lens_info=lens,
                                  self_ensemble=settings.self_ensemble, color_fix=settings.color_fix)
         result = restore_image(entry.model, lq, wanted, callback=on_step)
         return result.hwc(), None if result.std is None else result.hwc("std")
@@ -349,6 +359,30 @@ def uncertainty_map(std: np.ndarray) -> np.ndarray:
     from refusion.cli.restore_posterior import DEFAULT_STD_MAX, std_colormap
 
     return std_colormap(std, DEFAULT_STD_MAX)
+
+
+def _lens_of(settings: Settings):
+    """The encoded lens information of a request (refusion.data.lens.lens_info); AppInputError naming the field."""
+    from refusion.data.lens import LensMetadataError, lens_info
+
+    try:
+        return lens_info(settings.src_lens, settings.tgt_lens, settings.disparity, where="the page")
+    except LensMetadataError as exc:
+        raise AppInputError(str(exc)) from None
+
+
+def _lens_fields(entry: AppModel, settings: Settings) -> dict:
+    """The lens fields of a request to a bokeh model, checked (all three needed); none for other models."""
+    if not entry.takes_lens:
+        return {}
+    fields = {"src_lens": settings.src_lens, "tgt_lens": settings.tgt_lens, "disparity": settings.disparity}
+    labels = {"src_lens": "source lens", "tgt_lens": "target lens", "disparity": "disparity"}    # the page's
+    missing = [labels[name] for name, value in fields.items() if value in (None, "")]
+    if missing:
+        raise AppInputError(f"{entry.name} is a bokeh model: give the image's lens information ({', '.join(missing)} "
+                            f"missing), e.g. source lens Sony50mmf16.0BS, target lens Canon50mmf1.4BS, disparity 35")
+    _lens_of(Settings(**fields))
+    return fields
 
 
 def _color_fix(value) -> str | None:
