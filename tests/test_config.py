@@ -388,8 +388,8 @@ def test_override_from_load_recipe(tmp_path):
 def test_override_errors():
     assert error(schema_only, minimal(), ["train.total_itres=5"]) == (
         "r.yml: override 'train.total_itres=5': unknown key 'total_itres' in section 'train' (did you mean "
-        "'total_iters'?); allowed keys: batch_size, checkpoint_every, clip_grad_norm, ema_decay, fft_loss_weight, "
-        "grad_accum, keep_checkpoints, log_every, loss, mixed_precision, total_iters")
+        "'total_iters'?); allowed keys: batch_size, channels_last, checkpoint_every, clip_grad_norm, compile, "
+        "ema_decay, fft_loss_weight, grad_accum, keep_checkpoints, log_every, loss, mixed_precision, total_iters")
     assert error(schema_only, minimal(), ["trian.total_iters=5"]) == (
         f"r.yml: override 'trian.total_iters=5': unknown key 'trian' at the top level (did you mean 'train'?); "
         f"allowed keys: {TOP_KEYS}")

@@ -113,6 +113,13 @@ def _convert(value: Any, tp: Any, path: str, ctx: Context) -> Any:
         return build(inner, value, path, ctx)
     origin = typing.get_origin(inner)
     ok = False
+    if origin in (typing.Union, types.UnionType):      # e.g. bool | str: the first member that takes it
+        members = typing.get_args(inner)
+        for member in members:
+            if (member is bool) == isinstance(value, bool) and isinstance(value, member):
+                return value
+        ctx.fail(path, f"{path} must be {' or '.join(_describe(m) for m in members)}, got {value!r} "
+                       f"({type(value).__name__})")
     if inner is bool:
         ok = isinstance(value, bool)
     elif inner is int:

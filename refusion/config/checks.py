@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from refusion.config.building import Context, did_you_mean
-from refusion.config.schema import (LOSSES, TASK_MODELS, TASK_MODEL_KIND, DatasetConfig, ModelConfig, Recipe,
+from refusion.config.schema import (COMPILE_MODES, LOSSES, TASK_MODELS, TASK_MODEL_KIND, DatasetConfig, ModelConfig, Recipe,
                                     SchedulerConfig)
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +90,10 @@ def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
         ctx.fail("model.name", f"task {task!r} needs {TASK_MODEL_KIND[task]}: model.name must "
                                f"be one of {', '.join(TASK_MODELS[task])}; got {recipe.model.name!r}")
     _check_distill(recipe, ctx)
+    compile_ = recipe.train.compile
+    if not (isinstance(compile_, bool) or compile_ in COMPILE_MODES):
+        ctx.fail("train.compile", f"train.compile must be false, true or a torch.compile mode ({', '.join(COMPILE_MODES)}); "
+                                  f"got {compile_!r}{did_you_mean(str(compile_), COMPILE_MODES)}")
 
 
 def _datasets(recipe: Recipe) -> list[tuple[str, DatasetConfig]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 TASKS = ("sde", "regressor", "latent_autoencoder", "distill")
 OPTIMIZERS = ("lion", "adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 SDE_TYPES = ("ir_sde", "denoising")   # IR-SDE (mean mu) | the denoising-sde DenoisingSDE (mean x0)
 MIXED_PRECISION = ("no", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOSSES = {
     "sde": ("l1", "l2"),
     "regressor": ("psnr", "l1", "charbonnier", "l1_fft"),
@@ -160,6 +161,10 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = _field(None, check=POSITIVE)
     ema_decay: float = _field(0.0, check=DECAY)
     mixed_precision: str = _field("no", choices=MIXED_PRECISION)
+    # images reach the network in channels_last layout (1.2-1.4x a CPU training step, docs/performance.md)
+    channels_last: bool = True
+    # torch.compile of the network's forward in place (keys unchanged): false, true or a mode
+    compile: Union[bool, str] = _field(False)
     loss: str = "l1"  # choices depend on the task: LOSSES
     fft_loss_weight: float = _field(0.05, check=NON_NEGATIVE)
     checkpoint_every: int = _field(5000, check=AT_LEAST_ONE)

@@ -175,6 +175,7 @@ def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
     if recipe.latent is not None:
         autoencoder = rd.load_autoencoder_run(Path(recipe.latent.autoencoder)).to(accelerator.device)
     ema = EMA(model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+    _compile(model, recipe.train.compile)
     module = objectives_module.training_module(recipe.task, model)
     optimizer = build_optimizer(module.parameters(), recipe.optimizer)
     module, optimizer = accelerator.prepare(module, optimizer)
@@ -182,6 +183,25 @@ def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
         ema.to(accelerator.device)
     set_seed(recipe.seed, device_specific=True)  # noise and timesteps differ between processes
     return _Run(recipe, run_dir, accelerator, model, module, optimizer, scheduler, autoencoder, ema, teacher)
+
+
+def _compile(model: torch.nn.Module, mode) -> None:
+    """torch.compile of the network's forward, in place: its state-dict keys, what checkpoints and
+    model/ hold, stay the network's own (no ``_orig_mod.`` prefix); the EMA copy stays eager."""
+    if mode is False:
+        return
+    model.compile(**({} if mode is True else {"mode": mode}))
+
+
+def _to_device(batch: dict, device, channels_last: bool) -> dict:
+    """The batch on the device; images (4-D floating tensors) in channels_last layout when asked: the
+    network's convolutions then run their NHWC kernels (weights keep their layout, checkpoints too)."""
+    def move(v: torch.Tensor) -> torch.Tensor:
+        if channels_last and v.dim() == 4 and v.is_floating_point():
+            return v.to(device, memory_format=torch.channels_last)
+        return v.to(device)
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _student_of_teacher(recipe, student: torch.nn.Module, device):
@@ -301,7 +321,7 @@ def _loop(run: _Run, step: int, position: int, stop_at_step: int | None) -> None
         while step < last:
             batch = next(batches)
             names = batch.pop("name")
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            batch = _to_device(batch, acc.device, tc.channels_last)
             with acc.accumulate(run.module):
                 loss, logs = objective(run.module, batch, run.scheduler, tc, autoencoder=run.autoencoder)
                 _stop_if_not_finite(acc, loss, step + 1, names, run.run_dir)

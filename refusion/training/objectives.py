@@ -68,7 +68,8 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
         x0, mu, _ = encode_latents(autoencoder, x0, mu)
         cond = latent_grid(cond, mu)
     t = scheduler.sample_timesteps(x0.shape[0], device=x0.device)
-    noise = torch.randn_like(x0)
+    # drawn in the logical (N, C, H, W) order: the same noise whatever the images' memory layout
+    noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
     output = _noise_network(model, scheduler, x_t, mu, t, cond, batch.get("lens_info"))
     if scheduler.config.prediction_type == "sample":
