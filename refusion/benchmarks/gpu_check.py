@@ -31,14 +31,15 @@ from refusion.benchmarks.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # seconds each step is expected to need on one GPU (8 minutes in all); the tests are stopped at theirs
-BUDGET_S = {"cuda_tests": 240, "ddp_one_gpu": 60, "compile": 120, "benchmarks": 60}
+BUDGET_S = {"cuda_tests": 220, "ddp_one_gpu": 60, "compile": 100, "benchmarks": 100}
 STEPS: dict[str, str] = {
     "cuda_tests": "pytest -m cuda tests/test_cuda.py: sampling vs CPU, half path, tiled and latent restores, "
                   "training in fp32/bf16/fp16 (gradient scaling)",
     "ddp_one_gpu": "DDP, 2 processes on GPU 0 (gloo), 3 steps of the noise network vs 1 process on the whole batches",
     "compile": "torch.compile of the Refusion noise network (w64): compile time, output vs eager, forward times",
     "benchmarks": "GEMM fp32/TF32/fp16/bf16, noise network w64 256x256 fp32 and half, refusion.sample mr_sde 10 "
-                  "steps, training step fp32/bf16/fp16",
+                  "steps, training step fp32/bf16/fp16 autocast, each with and without channels_last images, and "
+                  "bf16 + channels_last + torch.compile (the train.channels_last / train.compile keys)",
 }
 
 
@@ -218,19 +219,31 @@ def _benchmarks(out_dir: Path) -> dict:
         seconds = perf.median_time(lambda: refusion.sample(lq, steps=10, model=net, sampler="mr_sde", progress=False,
                                                            half=half, generator=generator), repeats=3, warmup=1)
         result[f"sample_mr_sde_10_steps_256_s{'_half' if half else ''}"] = seconds
-    train = {}
+    train, first = {}, {}
     batch = {k: torch.rand(4, 3, 128, 128, device="cuda") for k in ("gt", "lq")}
-    for precision in ("fp32", "bf16", "fp16"):
+    nhwc = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+    # the recipe keys' comparison (train.channels_last, train.compile) under each autocast precision
+    for precision, channels_last, compiled in [(p, c, False) for p in ("fp32", "bf16", "fp16") for c in (False, True)] \
+            + [("bf16", True, True)]:
         trainee, _ = build_network("ConditionalNAFNet-w64-Refusion", True)
-        step = make_train_step(trainee.cuda().train(), False, lr=1e-5)
+        trainee = trainee.cuda().train()
+        if compiled:
+            trainee.compile()
+        step = make_train_step(trainee, False, lr=1e-5)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        data = nhwc if channels_last else batch
 
-        def one_step(step=step, dtype=dtype):
+        def one_step(step=step, dtype=dtype, data=data):
             with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                step(batch)
+                step(data)
             torch.cuda.synchronize()
 
-        train[precision] = perf.median_time(one_step, repeats=5, warmup=1)
+        name = precision + ("+channels_last" if channels_last else "") + ("+compile" if compiled else "")
+        start = time.perf_counter()
+        one_step()                                    # the first step (compile, cuDNN autotuning) apart
+        first[name] = time.perf_counter() - start
+        train[name] = perf.median_time(one_step, repeats=5, warmup=0)
+    result["train_step_first_s"] = first
     result["train_step_w64_4x128_s"] = train
     result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     return result

@@ -9,46 +9,88 @@ from refusion.benchmarks import perf
 from refusion.benchmarks.common import build_network, make_train_step, network_inputs, print_table, synthetic_pairs
 
 
+# (variant, channels_last images, torch.compile, bf16 autocast): fp32 is the step before train.channels_last
+TRAIN_VARIANTS = (("fp32", False, False, False), ("channels_last", True, False, False),
+                  ("compile", False, True, False), ("channels_last+compile", True, True, False),
+                  ("bf16_autocast", False, False, True), ("channels_last+bf16", True, False, True))
+
+
+def _variants(state: dict) -> list[tuple]:
+    """The variants this machine can run meaningfully: bf16 only where it is native (on a CPU without it
+    the engine refuses mixed_precision bf16), compile only where inductor has a C++ compiler."""
+    import shutil
+
+    from refusion.inference.capability import native_bf16
+
+    native = native_bf16(torch.device("cpu"))
+    compiler = shutil.which("g++") or shutil.which("c++")
+    return [v for v in TRAIN_VARIANTS if (native or not v[3]) and (compiler or not v[2])]
+
+
+def _layout(batch: dict, channels_last: bool) -> dict:
+    return {k: v.contiguous(memory_format=torch.channels_last) if channels_last else v for k, v in batch.items()}
+
+
 def bench_train_step(state: dict) -> dict:
+    """Seconds per training step of each variant (the first step apart: it pays the compile), side by
+    side, for the quickstart network and the Refusion-size one at a reduced batch; and the loss curves."""
     smoke = state["smoke"]
-    name = "ConditionalNAFNet-w16-quickstart" if smoke else "ConditionalNAFNet-w64-Refusion"
-    batch_size, crop = (2, 32) if smoke else (4, 128)
-    g = torch.Generator().manual_seed(5)
-    batch = {k: torch.rand(batch_size, 3, crop, crop, generator=g) for k in ("gt", "lq")}
-    steps = {}
-    for variant, bf16 in (("fp32", False), ("bf16_autocast", True)):
-        net, _ = build_network(name, True)
-        steps[variant] = (lambda step=make_train_step(net.train(), bf16): step(batch))
-    timings = perf.time_side_by_side(steps, repeats=max(2, state["repeats"] - 2))
-    rows = [{"variant": k, "step s": t["median_s"], "min s": t["min_s"]} for k, t in timings.items()]
-    print_table(f"train step {name}, batch {batch_size}x3x{crop}x{crop}, Lion", rows, list(rows[0]))
-    result = {"network": name, "batch": [batch_size, 3, crop, crop], "optimizer": "lion", "variants": timings}
+    setups = [("ConditionalNAFNet-w16-quickstart", 2, 32)] if smoke else [
+        ("ConditionalNAFNet-w16-quickstart", 4, 64), ("ConditionalNAFNet-w64-Refusion", 2, 128)]
+    result = {"optimizer": "lion", "networks": {}}
+    for name, batch_size, crop in setups:
+        g = torch.Generator().manual_seed(5)
+        batch = {k: torch.rand(batch_size, 3, crop, crop, generator=g) for k in ("gt", "lq")}
+        steps, first = {}, {}
+        for variant, channels_last, compiled, bf16 in _variants(state):
+            if compiled and "Refusion" in name and not state["full"]:
+                continue        # compiling the 28-block network takes many minutes on a small CPU: --full only
+            net, _ = build_network(name, True)
+            if compiled:
+                net.compile()
+            step, data = make_train_step(net.train(), bf16), _layout(batch, channels_last)
+            start = time.perf_counter()
+            step(data)                                        # the first step: compile, allocator
+            first[variant] = time.perf_counter() - start
+            steps[variant] = (lambda step=step, data=data: step(data))
+        timings = perf.time_side_by_side(steps, repeats=max(2, state["repeats"] - 2), warmup=0)
+        base = timings["fp32"]["median_s"]
+        rows = [{"variant": k, "step s": t["median_s"], "vs fp32": base / t["median_s"], "first step s": first[k]}
+                for k, t in timings.items()]
+        print_table(f"train step {name}, batch {batch_size}x3x{crop}x{crop}, Lion", rows, list(rows[0]))
+        result["networks"][name] = {"batch": [batch_size, 3, crop, crop], "variants": timings,
+                                    "first_step_s": first, "speedup_vs_fp32": {r["variant"]: r["vs fp32"] for r in rows}}
     result["loss_curves"] = _loss_curves(state)
     return result
 
 
 def _loss_curves(state: dict) -> dict:
-    """The quickstart SDE objective trained twice from the same seed, fp32 and bf16 autocast."""
+    """The quickstart SDE objective trained from the same seed as today's fp32 step, with channels_last
+    images (the new default), and with bf16 autocast where it is native: the curves must agree."""
     from refusion.data.paired import PairedImageDataset
+    from refusion.inference.capability import native_bf16
 
-    iters = 20 if state["smoke"] else 600 if state["full"] else 300
+    iters = 20 if state["smoke"] else 600 if state["full"] else 200
     root = synthetic_pairs(128, 24)
     dataset = PairedImageDataset(root / "train" / "gt", root / "train" / "lq", gt_size=64, use_flip=True,
                                  use_rot=True, seed=0)
+    variants = [("fp32", False, False), ("channels_last", True, False)]
+    variants += [("bf16_autocast", False, True)] if native_bf16(torch.device("cpu")) else []
     curves = {}
-    for variant, bf16 in (("fp32", False), ("bf16_autocast", True)):
+    for variant, channels_last, bf16 in variants:
         net, _ = build_network("ConditionalNAFNet-w16-quickstart", True, seed=0)
         step = make_train_step(net.train(), bf16, lr=3e-4)
-        torch.manual_seed(0)  # same timesteps and noise in both runs
+        torch.manual_seed(0)  # same timesteps and noise in every run
         losses = []
         for i in range(iters):
             items = [dataset[(4 * i + j) % len(dataset)] for j in range(4)]
-            losses.append(step({k: torch.stack([it[k] for it in items]) for k in ("gt", "lq")}))
+            losses.append(step(_layout({k: torch.stack([it[k] for it in items]) for k in ("gt", "lq")}, channels_last)))
         curves[variant] = losses
     window = max(1, iters // 10)
     smooth = {k: [sum(v[i:i + window]) / window for i in range(0, iters - window + 1, window)] for k, v in curves.items()}
+    gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(smooth["fp32"], smooth["channels_last"]))
     return {"iterations": iters, "batch": [4, 3, 64, 64], "window": window, "mean_loss_per_window": smooth,
-            "raw": curves}
+            "channels_last_vs_fp32_max_relative_window_gap": gap, "raw": curves}
 
 
 def bench_dataloader(state: dict) -> dict:
