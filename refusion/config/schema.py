@@ -161,8 +161,9 @@ class TrainConfig:
     clip_grad_norm: Optional[float] = _field(None, check=POSITIVE)
     ema_decay: float = _field(0.0, check=DECAY)
     mixed_precision: str = _field("no", choices=MIXED_PRECISION)
-    # images reach the network in channels_last layout (1.2-1.4x a CPU training step, docs/performance.md)
-    channels_last: bool = True
+    # images reach the network in channels_last layout; off: no gain measured for a CPU training step
+    # (docs/performance.md, "Training step"), the same loss curve
+    channels_last: bool = False
     # torch.compile of the network's forward in place (keys unchanged): false, true or a mode
     compile: Union[bool, str] = _field(False)
     loss: str = "l1"  # choices depend on the task: LOSSES
