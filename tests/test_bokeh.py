@@ -270,7 +270,7 @@ def _quickstart(dataset: Path, out: Path, *extra: str):
     sets += [f"data.val.{k}={dataset}/val/{v}" for k, v in (("gt", "gt"), ("lq", "lq"), ("lens", "meta.txt"))]
     sets += [f"output_dir={out}", "train.total_iters=3", "train.checkpoint_every=3", "train.batch_size=2",
              "data.train.gt_size=16", "validation.every=3", "validation.num_inference_steps=2",
-             "validation.max_images=1", "logging.tensorboard=false", "model.args.width=8",
+             "validation.max_images=1", "logging.trackers=[]", "model.args.width=8",
              "model.args.enc_blk_nums=[1,1]", "model.args.dec_blk_nums=[1,1]", *extra]
     return load_recipe(ROOT / "recipes" / "quickstart_bokeh.yml", sets)
 
@@ -324,7 +324,7 @@ def test_the_official_two_phase_formulation_trains_and_restores_on_latents(datas
     shrunk to a few steps: lens information reaches the latent noise network."""
     paths = [f"data.{split}.{k}={dataset}/{split}/{k}" for split in ("train", "val") for k in ("gt", "lq")]
     small = ["train.total_iters=2", "train.checkpoint_every=2", "train.batch_size=2", "data.train.gt_size=16",
-             "validation.every=2", "validation.max_images=1", "logging.tensorboard=false", "data.num_workers=0"]
+             "validation.every=2", "validation.max_images=1", "logging.trackers=[]", "data.num_workers=0"]
     ae = train(load_recipe(ROOT / "recipes" / "bokeh_latent_unet.yml", [
         *paths, *small, f"output_dir={tmp_path / 'ae'}", "model.args.ch=4", "model.args.ch_mult=[1,2]"]))
     sde = train(load_recipe(ROOT / "recipes" / "bokeh.yml", [

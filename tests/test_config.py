@@ -130,7 +130,7 @@ def test_defaults_follow_the_schema():
         ("lion", 3e-5, (0.9, 0.99), 0.0)
     assert (r.train.batch_size, r.train.grad_accum, r.train.clip_grad_norm, r.train.ema_decay,
             r.train.mixed_precision, r.train.loss, r.train.checkpoint_every) == (8, 1, None, 0.0, "no", "l1", 5000)
-    assert (r.validation.every, r.validation.max_images, r.logging.tensorboard) == (5000, 4, True)
+    assert (r.validation.every, r.validation.max_images, r.logging.trackers) == (5000, 4, ["tensorboard"])
     assert schema_only(minimal("regressor", "NAFNet")).scheduler is None
 
 
@@ -175,8 +175,11 @@ def test_wrong_types():
         "r.yml: train.clip_grad_norm must be a number or null, got 'big' (str)"
     assert error(schema_only, minimal(optimizer={"betas": [0.9]})) == \
         "r.yml: optimizer.betas must be a list of 2 numbers, got [0.9] (list)"
-    assert error(schema_only, minimal(logging={"tensorboard": "yes"})) == \
-        "r.yml: logging.tensorboard must be true or false, got 'yes' (str)"
+    assert error(schema_only, minimal(logging={"trackers": "tensorboard"})) == \
+        "r.yml: logging.trackers must be a list, got 'tensorboard' (str)"
+    assert error(schema_only, minimal(logging={"trackers": ["tensorbord"]})) == \
+        ("r.yml: logging.trackers: 'tensorbord' is not a tracker; choose from tensorboard, wandb, mlflow "
+         "(did you mean 'tensorboard'?)")
     assert error(schema_only, minimal(data=["a"])) == \
         "r.yml: section 'data' must be a mapping of keys, got ['a'] (list)"
 
@@ -405,3 +408,14 @@ def test_apply_overrides_reports_what_it_set():
     raw, applied = apply_overrides({"train": {"total_iters": 1}}, ["train.total_iters=7", "data.val.gt=x"])
     assert raw == {"train": {"total_iters": 7}, "data": {"val": {"gt": "x"}}}
     assert applied == {"train.total_iters": "train.total_iters=7", "data.val.gt": "data.val.gt=x"}
+
+
+@pytest.mark.parametrize("tracker, extra", [("wandb", "refusion[wandb]"), ("mlflow", "refusion[mlflow]")])
+def test_a_tracker_whose_package_is_missing_is_named_with_its_extra(tracker, extra, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    assert error(schema_only, minimal(logging={"trackers": ["tensorboard", tracker]})) == (
+        f"r.yml: logging.trackers: {tracker!r} needs the {tracker} package, which is not installed: "
+        f"pip install \"{extra}\" (or remove {tracker!r})")

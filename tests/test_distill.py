@@ -101,7 +101,7 @@ def teacher_run(tmp_path_factory):
 def distill(teacher: Path, out: Path, *extra: str) -> int:
     return distill_cli.main([str(teacher), "--out", str(out), *extra, "--threads", "1", "--device", "cpu",
                              "--set", "train.total_iters=2", "train.batch_size=2", "validation.every=0",
-                             "logging.tensorboard=false"])
+                             "logging.trackers=[]"])
 
 
 def test_distill_trains_a_student_that_every_entry_point_runs_at_k_steps(teacher_run, tmp_path):

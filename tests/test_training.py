@@ -61,7 +61,7 @@ def tiny_recipe_dict(task: str, data: Path, out: Path, **train) -> dict:
         "train": {"total_iters": 4, "batch_size": 2, "loss": DEFAULT_LOSS[task], "checkpoint_every": 2,
                   "keep_checkpoints": 3, "log_every": 1, **train},
         "validation": {"every": 0, "num_inference_steps": 4, "max_images": 2},
-        "logging": {"tensorboard": False, "image_every": 0},
+        "logging": {"trackers": [], "image_every": 0},
     }
     if task == "sde":
         recipe["scheduler"] = {"max_sigma": 50, "num_train_timesteps": 20, "schedule": "cosine", "eps": 0.005}
@@ -155,7 +155,7 @@ def test_tiny_regressor_run(data, tmp_path):
     recipe.data.val.gt, recipe.data.val.lq = str(data / "val/gt"), str(data / "val/lq")
     recipe.data.val.gt_size = None
     recipe.validation.every = 6
-    recipe.logging.tensorboard, recipe.logging.image_every = True, 6
+    recipe.logging.trackers, recipe.logging.image_every = ["tensorboard"], 6
     batch = fixed_batch(data)
     before = objective_value("regressor", initial_model(recipe), batch)
     run = train(recipe)

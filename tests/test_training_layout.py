@@ -48,7 +48,7 @@ def recipe(root: Path, data: tuple[Path, Path], name: str, **train) -> object:
         "data": {"train": {"gt": str(gt), "lq": str(lq), "gt_size": 16}, "num_workers": 0},
         "optimizer": {"name": "adam", "lr": 1e-3},
         "train": {"total_iters": 2, "batch_size": 2, "checkpoint_every": 1, "log_every": 1, **train},
-        "validation": {"num_inference_steps": 2}, "logging": {"tensorboard": False}})
+        "validation": {"num_inference_steps": 2}, "logging": {"trackers": []}})
 
 
 def test_compile_keeps_the_keys_and_resume_stays_exact(tmp_path):

@@ -92,7 +92,7 @@ def student_recipe(args, teacher) -> dict[str, Any]:
         "optimizer": {"name": "adam", "lr": 2.0e-5},
         "train": {"total_iters": 1000, "batch_size": 4, "loss": "l1", "checkpoint_every": 250, "log_every": 25},
         "validation": {"every": 250, "num_inference_steps": steps, "sampler": "mr_ode", "max_images": 4},
-        "logging": {"tensorboard": True},
+        "logging": {"trackers": ["tensorboard"]},
     }
 
 

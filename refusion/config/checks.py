@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from refusion.config.building import Context, did_you_mean
-from refusion.config.schema import (COMPILE_MODES, LOSSES, TASK_MODELS, TASK_MODEL_KIND, DatasetConfig, ModelConfig, Recipe,
+from refusion.config.schema import (COMPILE_MODES, LOSSES, TRACKERS, TASK_MODELS, TASK_MODEL_KIND, DatasetConfig, ModelConfig, Recipe,
                                     SchedulerConfig)
 
 # ---------------------------------------------------------------------------------------------
@@ -60,6 +60,23 @@ def _check_distill(recipe: Recipe, ctx: Context) -> None:
         ctx.fail("latent", "task 'distill' runs on pixels: latent teachers are not distilled yet")
 
 
+def _check_trackers(recipe: Recipe, ctx: Context) -> None:
+    """Known trackers, each once, and installed: a missing package is named with its pip extra before step 1."""
+    import importlib.util
+
+    trackers = recipe.logging.trackers
+    for name in trackers:
+        if name not in TRACKERS:
+            ctx.fail("logging.trackers", f"logging.trackers: {name!r} is not a tracker; choose from "
+                                         f"{', '.join(TRACKERS)}{did_you_mean(str(name), tuple(TRACKERS))}")
+        module, extra = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            ctx.fail("logging.trackers", f"logging.trackers: {name!r} needs the {module} package, which is not "
+                                         f"installed: pip install \"{extra}\" (or remove {name!r})")
+    if len(set(trackers)) != len(trackers):
+        ctx.fail("logging.trackers", f"logging.trackers names a tracker twice: {trackers}")
+
+
 def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
     task = recipe.task
     if task in ("sde", "distill"):
@@ -90,6 +107,7 @@ def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
         ctx.fail("model.name", f"task {task!r} needs {TASK_MODEL_KIND[task]}: model.name must "
                                f"be one of {', '.join(TASK_MODELS[task])}; got {recipe.model.name!r}")
     _check_distill(recipe, ctx)
+    _check_trackers(recipe, ctx)
     compile_ = recipe.train.compile
     if not (isinstance(compile_, bool) or compile_ in COMPILE_MODES):
         ctx.fail("train.compile", f"train.compile must be false, true or a torch.compile mode ({', '.join(COMPILE_MODES)}); "

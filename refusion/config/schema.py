@@ -12,6 +12,9 @@ OPTIMIZERS = ("lion", "adamw", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 SDE_TYPES = ("ir_sde", "denoising")   # IR-SDE (mean mu) | the denoising-sde DenoisingSDE (mean x0)
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# tracker -> (the module it needs, the pip extra that installs it)
+TRACKERS = {"tensorboard": ("tensorboard", "refusion"), "wandb": ("wandb", "refusion[wandb]"),
+            "mlflow": ("mlflow", "refusion[mlflow]")}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOSSES = {
     "sde": ("l1", "l2"),
@@ -183,7 +186,8 @@ class ValidationConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    tensorboard: bool = True
+    # where scalars (and validation images) go, through accelerate's log_with; [] logs nowhere
+    trackers: list[str] = _field(["tensorboard"])
     image_every: int = _field(0, check=NON_NEGATIVE)
 
 

@@ -87,7 +87,7 @@ def train(recipe, *, resume: bool = False, overwrite: bool = False, stop_at_step
         cpu=not torch.cuda.is_available(),
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.grad_accum,
-        log_with="tensorboard" if recipe.logging.tensorboard else None,
+        log_with=list(recipe.logging.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
     tune_malloc_for(accelerator.device)
@@ -99,7 +99,7 @@ def train(recipe, *, resume: bool = False, overwrite: bool = False, stop_at_step
             _write_recipe(recipe, run_dir)
             if resume:
                 rd.truncate_metrics(run_dir, start_step)
-        if recipe.logging.tensorboard:
+        if recipe.logging.trackers:
             accelerator.init_trackers(recipe.name)
         _loop(run, start_step, position, stop_at_step)
         accelerator.wait_for_everyone()
@@ -451,16 +451,26 @@ def _validate(run: _Run, step: int) -> dict:
 
 
 def _log_images(run: _Run, step: int, first) -> None:
-    every = run.recipe.logging.image_every
-    if first is None or not run.recipe.logging.tensorboard or not every or step % every:
+    """The first validation image (lq | restored | gt) to every tracker, in the form each one takes."""
+    every, trackers = run.recipe.logging.image_every, run.recipe.logging.trackers
+    if first is None or not trackers or not every or step % every:
         return
     lq, restored, gt, name = first
     if lq.shape != gt.shape:  # latent or scaled inputs: show restored and GT only
         row = torch.cat([restored, gt], dim=-1)
     else:
         row = torch.cat([lq.float().clamp(0, 1), restored, gt.float()], dim=-1)
-    writer = run.accelerator.get_tracker("tensorboard", unwrap=True)
-    writer.add_image(f"val/{name} (lq | restored | gt)", row.cpu(), step)
+    title, chw = f"val/{name} (lq | restored | gt)", row.cpu().clamp(0, 1)
+    for tracker in trackers:
+        writer = run.accelerator.get_tracker(tracker, unwrap=True)
+        if tracker == "tensorboard":
+            writer.add_image(title, chw, step)
+        elif tracker == "wandb":
+            import wandb
+
+            writer.log({title: wandb.Image(chw.permute(1, 2, 0).numpy())}, step=step)
+        elif tracker == "mlflow":
+            writer.log_image(chw.permute(1, 2, 0).numpy(), key=title.replace(" ", "_"), step=step)
 
 
 # --- saving ---------------------------------------------------------------------------------
