@@ -79,7 +79,8 @@ def test_sde_objective_equals_official_training_loss(monkeypatch, loss_type):
         def sample_timesteps(self, batch_size, *, generator=None, device=None):
             return timesteps.clone()
 
-    monkeypatch.setattr(torch, "randn_like", lambda like, **kw: noise.to(like.dtype))
+    # the objective draws its noise with torch.randn(shape, dtype=...): the official draw replaces it
+    monkeypatch.setattr(torch, "randn", lambda shape, **kw: noise.to(kw.get("dtype") or noise.dtype))
     seen = {}
 
     def toy_predictor(x_t, mu_in, t):
