@@ -77,16 +77,13 @@ def check_teacher_matches(cfg, scheduler_cfg, teacher) -> None:
 def solve(net, scheduler, x_T: torch.Tensor, mu: torch.Tensor, steps: int, cond: torch.Tensor | None = None):
     """The deterministic solver of ``scheduler`` (its sampler must draw no noise) from ``x_T`` in ``steps``
     network evaluations; differentiable when ``net`` is (the student's gradient flows through every step)."""
+    from refusion.training.objectives import reverse_steps     # objectives imports this module
+
     if scheduler.is_stochastic:
         raise ValueError(f"the {scheduler.config.sampler!r} sampler draws noise; distillation copies a "
                          f"deterministic solver (mr_ode, ode)")
     scheduler.set_timesteps(steps, device=mu.device)
-    x = x_T
-    for t in scheduler.timesteps:
-        t_batch = t.expand(mu.shape[0]).to(mu.device)
-        noise = net(x, mu, t_batch) if cond is None else net(x, mu, t_batch, cond)
-        x = scheduler.step(noise.float(), t, x, mu=mu).prev_sample
-    return x
+    return reverse_steps(net, scheduler, x_T, mu, cond=cond)
 
 
 @torch.no_grad()

@@ -192,6 +192,12 @@ def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, len
         num_inference_steps = min(num_inference_steps, scheduler.start_timestep)
     scheduler.set_timesteps(num_inference_steps, device=mu.device)
     x = scheduler.initial_sample(mu, generator=generator).to(mu.dtype)
+    return reverse_steps(model, scheduler, x, mu, cond=cond, lens_info=lens_info, generator=generator)
+
+
+def reverse_steps(model, scheduler, x, mu, *, cond=None, lens_info=None, generator=None):
+    """The scheduler's steps (its timesteps already set) from the state ``x``: validation's sampling, and the
+    distilled student's solver (refusion.training.distillation), differentiable when ``model`` is."""
     for t in scheduler.timesteps:
         t_batch = t.expand(mu.shape[0]).to(mu.device)
         noise_pred = _noise_network(model, scheduler, x, mu, t_batch, cond, lens_info)
