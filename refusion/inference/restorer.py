@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,14 +22,13 @@ from refusion.inference.allocator import tune_malloc_for
 from refusion.inference.color_fix import apply_color_fix, fix_restored
 from refusion.inference.ensemble import check_ensemble_network, ensemble_mean
 from refusion.inference.model import LoadedModel
+from refusion.inference.pipeline import StepCallback, sde_samples
 from refusion.inference.precision import InferenceNetwork, check_finite, to_float32
 from refusion.inference.sample_chunks import check_stochastic
 from refusion.inference.settings import RestoreSettings, SettingsError
 from refusion.inference.tiling import tiled_apply, validate_tiling
 
 __all__ = ["Restoration", "restore_image", "check_settings", "StepCallback"]
-
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -161,8 +160,6 @@ def _tqdm_steps(steps):
 def _sample_callable(model: LoadedModel, x: torch.Tensor, s: RestoreSettings, progress: bool,
                      callback: StepCallback | None) -> torch.Tensor:
     """The SDE with a noise network that is a plain callable (no pipeline): no latent path, no SR upscaling."""
-    from refusion.inference.pipeline import sde_samples
-
     if s.latent:
         raise SettingsError("latent (--latent): the latent path needs a pipeline with an autoencoder, not a bare "
                             "noise network")
