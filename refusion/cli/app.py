@@ -128,11 +128,6 @@ def check_args(args) -> Limits:
     return Limits(max_pixels=int(args.max_megapixels * 1e6), max_steps=args.max_steps, max_samples=args.max_samples)
 
 
-def resolve_device(name: str):
-    """--device as refusion.cli.common resolves it for every command; UsageError when the machine lacks it."""
-    return common.resolve_device(name)
-
-
 def load_models(specs: list[ModelSpec], device) -> list[AppModel]:
     """Every --model, loaded as `refusion restore` loads it (refusion.load_model); UsageError naming the
     one that fails."""
@@ -374,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = check_args(args)
         common.set_threads(args.threads)
-        device = resolve_device(args.device)
+        device = common.resolve_device(args.device)
     except UsageError as exc:
         print(f"app: error: {exc}", file=sys.stderr)
         return 2
