@@ -19,7 +19,7 @@ from pathlib import Path
 from refusion.cli import common
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path,
                         help="models, as `refusion restore --model` takes them: run directories (sde or regressor), "
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                       seed=dict(help="noise seed of the first test image; image i uses SEED + i (default 0)"),
                       device=dict(help=f"{common.DEVICE_FORMS} (default: auto, i.e. CUDA when available, else CPU); "
                                        "under accelerate launch 'auto' and 'cuda' are each process's own GPU"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.device = str(common.apply_shared(parser, args))
     files = [run for run in args.runs if run.is_file()]
