@@ -228,11 +228,16 @@ def _without_openmp_wait(environment: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in threads.OPENMP_WAIT_VARIABLES} | environment
 
 
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter, by default without the OpenMP wait variables in its environment."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=env if env is not None else _without_openmp_wait({}))
+
+
 def test_importing_the_cli_leaves_the_environment_alone():
     code = ("import os, sys\nbefore = dict(os.environ)\nimport refusion.cli\nassert 'torch' not in sys.modules\n"
             "print(dict(os.environ) == before)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env=_without_openmp_wait({}))
+    proc = _python(code)
     assert proc.stdout.strip() == "True", proc.stderr
 
 
@@ -255,8 +260,7 @@ def test_a_command_starts_with_the_openmp_wait_set_before_torch_loads(tmp_path, 
     (tmp_path / "probe_command.py").write_text(PROBE_COMMAND)
     code = ("import runpy, sys\nimport refusion.cli\nrefusion.cli.COMMANDS['probe'] = ('probe_command', 'probe')\n"
             "sys.argv = ['refusion', 'probe']\nrunpy.run_module('refusion', run_name='__main__', alter_sys=True)")
-    env = _without_openmp_wait(environment) | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = _python(code, _without_openmp_wait(environment) | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
     assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr
 
 
@@ -264,8 +268,7 @@ def test_prepare_process_leaves_the_environment_alone_once_torch_is_loaded():
     # the settings would no longer reach OpenMP, only this process's children
     code = ("import os, torch\nfrom refusion.cli import prepare_process\nprepare_process()\n"
             "print(os.environ.get('GOMP_SPINCOUNT'))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env=_without_openmp_wait({}))
+    proc = _python(code)
     assert proc.stdout.strip() == "None", proc.stderr
 
 

@@ -58,7 +58,9 @@ def test_compile_keeps_the_keys_and_resume_stays_exact(tmp_path):
     assert set(load_file(whole / "model" / "diffusion_pytorch_model.safetensors")) == keys   # no _orig_mod.
     steps = sorted((whole / "checkpoints").glob("step_*"))
     assert set(load_file(next(steps[-1].glob("model*.safetensors")))) == keys
-    # the run as a kill after step 1 leaves it, resumed: the weights of the uninterrupted run
+    # the run as a kill after step 1 leaves it, resumed: the weights of the uninterrupted run. Bit for bit, as
+    # the other resume tests: one process, the network built afresh and the checkpoint copied in by
+    # load_state_dict, the same compiled kernels (inductor's code for the same shapes) on the same bits
     split = Path(shutil.copytree(whole, tmp_path / "split"))
     shutil.rmtree(split / "checkpoints" / steps[-1].name)
     (split / "model").rename(split / "model-of-step-2")
