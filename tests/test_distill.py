@@ -3,6 +3,7 @@ ordinary SDE model (K network evaluations by default, another seed another image
 any work."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,9 @@ from refusion.inference.model import load_model
 from refusion.inference.pipeline import sde_sample
 from refusion.inference.settings import RestoreSettings
 from refusion.inference.restorer import restore_image
-from refusion.models import ConditionalNAFNet, NAFNet
+from refusion.models import ConditionalNAFNet, LatentUNet, NAFNet
 from refusion.schedulers.ir_sde import IRSDEScheduler
-from refusion.training.distillation import distill_objective, distillation_target, weights_sha256
+from refusion.training.distillation import distill_objective, distillation_target, solve, weights_sha256
 from same_results import INSTANCE_ATOL
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -173,3 +174,95 @@ def test_a_student_resumed_with_another_teacher_is_refused(teacher_run, tmp_path
         teacher_net().save_pretrained(teacher_run / "model")
     assert code != 0
     assert "a student continues with the teacher it started with" in capsys.readouterr().err
+
+
+def latent_teacher(folder: Path, seed: int = 0) -> Path:
+    """A latent IR-SDE pipeline: a 4-channel noise network on the latents of a small LatentUNet."""
+    torch.manual_seed(seed)
+    autoencoder = LatentUNet(in_ch=3, out_ch=3, ch=4, ch_mult=[1, 2], embed_dim=4).eval()
+    unet = ConditionalNAFNet(**{**TINY, "img_channel": 4})
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.3)
+    refusion.RefusionPipeline(unet=unet.eval(), scheduler=IRSDEScheduler(num_train_timesteps=20),
+                              autoencoder=autoencoder).save_pretrained(folder)
+    return folder
+
+
+def test_a_latent_teachers_target_is_its_latent_solver_endpoint_and_a_copy_has_zero_loss(tmp_path):
+    teacher = load_model(latent_teacher(tmp_path / "teacher"))
+    ae, scheduler = teacher.autoencoder, teacher.scheduler
+    batch = {"gt": torch.rand(2, 3, 16, 16), "lq": torch.rand(2, 3, 16, 16)}
+    train_cfg = type("T", (), {"loss": "l1"})
+
+    class Same(Cfg):
+        student_steps = 4
+
+    # the target: the teacher's mr_ode at 4 steps on the LQ latents, from x_T = mu_latent + lambda z
+    mu = ae.encode(batch["lq"])[0]
+    x_T = scheduler.initial_sample(mu, generator=torch.Generator().manual_seed(3))
+    inference = sde_sample(teacher.network, IRSDEScheduler.from_config(scheduler.config, sampler="mr_ode"), mu,
+                           num_inference_steps=4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(distillation_target(teacher.network, scheduler, Cfg, mu, x_T), inference,
+                               rtol=1e-5, atol=INSTANCE_ATOL)
+    student = copy.deepcopy(teacher.network)
+    torch.manual_seed(0)
+    loss, _ = distill_objective(student, batch, scheduler, train_cfg, autoencoder=ae, teacher=teacher, distill=Same)
+    assert float(loss.detach()) < 1e-5                   # on latents: the same x_T, solver and network
+    torch.manual_seed(0)
+    loss, logs = distill_objective(student, batch, scheduler, train_cfg, autoencoder=ae, teacher=teacher,
+                                   distill=Cfg)
+    assert float(loss.detach()) > 1e-3
+    loss.backward()
+    assert all(p.grad is None for p in ae.parameters())           # the autoencoder stays frozen
+
+    class GroundTruth(Cfg):
+        gt_weight = 1.0
+
+    torch.manual_seed(0)
+    _, logs = distill_objective(student, batch, scheduler, train_cfg, autoencoder=ae, teacher=teacher,
+                                distill=GroundTruth)
+    # the ground-truth term compares the decoded image (3 channels, pixels) with the ground truth
+    torch.manual_seed(0)
+    with torch.no_grad():
+        pred = ae.decode(solve_like_the_student(student, scheduler, ae, batch["lq"], 1), ae.encode(batch["lq"])[1])
+    assert pred.shape == batch["gt"].shape
+    assert logs["gt"] == pytest.approx(float((pred - batch["gt"]).abs().mean()), rel=1e-5)
+
+
+def solve_like_the_student(net, scheduler, ae, lq, steps):
+    mu = ae.encode(lq)[0]
+    x_T = scheduler.initial_sample(mu)
+    return solve(net, IRSDEScheduler.from_config(scheduler.config, sampler="mr_ode"), x_T, mu, steps)
+
+
+def test_a_latent_teacher_gives_a_latent_student_with_its_autoencoder(teacher_run, tmp_path, capsys):
+    teacher_dir = latent_teacher(tmp_path / "teacher")
+    gt = Path(yaml.safe_load((teacher_run / "recipe.yml").read_text())["data"]["train"]["gt"])
+    pairs = ["--gt", str(gt), "--lq", str(gt.parent / "lq"), "--set", "data.train.gt_size=16"]
+    out = tmp_path / "student"
+    assert distill(teacher_dir, out, "--student-steps", "1", "--teacher-steps", "4", *pairs) == 0
+    recipe = yaml.safe_load((out / "recipe.yml").read_text())
+    assert recipe["latent"] == {"autoencoder": str(teacher_dir / "autoencoder")}
+    teacher, student = load_model(teacher_dir), load_model(out)
+    assert student.autoencoder is not None and student.default_steps() == 1
+    assert weights_sha256(student.autoencoder) == weights_sha256(teacher.autoencoder)
+    calls = []
+    student.network.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    lq = torch.rand(1, 3, 24, 24)
+    one = restore_image(student, lq, RestoreSettings(seed=1, latent=True)).image
+    assert calls == [(1, 4, 12, 12)] and one.shape == lq.shape     # one evaluation, on the latent grid
+    two = restore_image(student, lq, RestoreSettings(seed=2, latent=True)).image
+    assert (one - two).abs().max() > 1e-3
+
+    # another autoencoder than the teacher's, or none, is refused before any work
+    other = latent_teacher(tmp_path / "other", seed=1) / "autoencoder"
+    for extra, words in ((["--set", f"latent.autoencoder={other}"], "are not those of the teacher's autoencoder"),
+                         (["--set", "latent=null"], "is a latent model; the student needs its autoencoder")):
+        assert distill(teacher_dir, tmp_path / "refused", "--student-steps", "1", *pairs, *extra) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    ae_dir = str(teacher_dir / "autoencoder")
+    assert distill(teacher_run, tmp_path / "refused", "--student-steps", "1", "--set",
+                   f"latent.autoencoder={ae_dir}") == 2
+    assert "runs on pixels; remove the latent section" in capsys.readouterr().err

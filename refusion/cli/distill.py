@@ -4,10 +4,11 @@
     refusion distill models/refusion --out runs/student_k2 --student-steps 2 --gt data/train/gt --lq data/train/lq
     refusion distill runs/shadow --out runs/shadow_k1 --student-steps 1 --set train.total_iters=2000 distill.gt_weight=0.1
 
-The teacher is anything refusion.load_model takes that is a pixel-space IR-SDE model (a trained run, a saved
-pipeline, an imported official model). The student starts from the teacher's weights and learns to land in
-K network evaluations (``mr_ode``) where the teacher's deterministic solver lands in N (``--teacher-steps``,
-default 10) from the same terminal state (refusion/training/distillation.py). A trained run's data is used
+The teacher is anything refusion.load_model takes that is an IR-SDE model (a trained run, a saved pipeline, an
+imported official model; on pixels, or on latents with its autoencoder, which the student shares). The student
+starts from the teacher's weights and learns to land in K network evaluations (``mr_ode``) where the teacher's
+deterministic solver lands in N (``--teacher-steps``, default 10) from the same terminal state
+(refusion/training/distillation.py). A trained run's data is used
 unless --gt/--lq are given (needed for other teachers). The recipe is validated and written into the run
 directory as recipe.yml; --set overrides any key, as for `refusion train`. The student is an ordinary SDE
 model: `refusion restore --model OUT` runs it at K steps.
@@ -65,6 +66,24 @@ def _teacher_data(args, teacher) -> dict:
     return {key: data[key] for key in ("train", "val") if data.get(key)}
 
 
+def _teacher_autoencoder(args, teacher) -> dict:
+    """latent: of the recipe for a latent teacher: the autoencoder/ folder saved beside its network, else the
+    autoencoder its training run names; {} for a pixel-space teacher."""
+    import yaml
+
+    if teacher.autoencoder is None:
+        return {}
+    folder = teacher.source / "autoencoder" if teacher.source is not None else None
+    if folder is not None and (folder / "config.json").is_file():
+        return {"latent": {"autoencoder": str(folder)}}
+    recipe = (teacher.source / "recipe.yml") if teacher.source is not None else None
+    latent = yaml.safe_load(recipe.read_text(encoding="utf-8")).get("latent") if recipe and recipe.is_file() else None
+    if not latent:
+        raise UsageError(f"{args.teacher} is a latent model whose autoencoder is saved nowhere the student can "
+                         f"name: save it as a pipeline (with its autoencoder/ folder) and distil that")
+    return {"latent": {"autoencoder": latent["autoencoder"]}}
+
+
 def _recorded_teacher(args) -> str | None:
     """With --resume, the teacher weights' sha256 the run was started with (the engine refuses other weights)."""
     import yaml
@@ -89,6 +108,7 @@ def student_recipe(args, teacher) -> dict[str, Any]:
                     "student_steps": steps,
                     "teacher_solver": args.teacher_solver, "teacher_steps": args.teacher_steps},
         "data": _teacher_data(args, teacher),
+        **_teacher_autoencoder(args, teacher),
         "optimizer": {"name": "adam", "lr": 2.0e-5},
         "train": {"total_iters": 1000, "batch_size": 4, "loss": "l1", "checkpoint_every": 250, "log_every": 25},
         "validation": {"every": 250, "num_inference_steps": steps, "sampler": "mr_ode", "max_images": 4},
@@ -104,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from refusion.config import RecipeError, recipe_from_dict
     from refusion.training.distillation import check_teacher_matches, load_teacher
     from refusion.training.engine import main_guard, train
+    from refusion.training.run_dir import RunDirError, load_autoencoder_run
 
     try:
         teacher = load_teacher(argparse.Namespace(teacher=str(args.teacher)), "cpu", source="TEACHER")
@@ -111,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--student-steps {args.student_steps}: must divide --teacher-steps "
                              f"({args.teacher_steps}) and be at most it, e.g. 1, 2 or 5 for 10")
         recipe = recipe_from_dict(student_recipe(args, teacher), f"refusion distill {args.teacher}", args.overrides)
-        check_teacher_matches(recipe.distill, recipe.scheduler, teacher)   # --resume: the teacher it started with
-    except (UsageError, RecipeError, FileNotFoundError, ValueError) as exc:
+        autoencoder = load_autoencoder_run(recipe.latent.autoencoder) if recipe.latent is not None else None
+        # --resume: the teacher it started with; --set latent.autoencoder: the teacher's
+        check_teacher_matches(recipe.distill, recipe.scheduler, teacher, autoencoder)
+    except (UsageError, RecipeError, RunDirError, FileNotFoundError, ValueError) as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2
     return main_guard(lambda: train(recipe, resume=args.resume, overwrite=args.overwrite))

@@ -56,8 +56,6 @@ def _check_distill(recipe: Recipe, ctx: Context) -> None:
     if recipe.scheduler.type != "ir_sde":
         ctx.fail("scheduler.type", "task 'distill' distils IR-SDE teachers (x_T = mu + lambda z); the DenoisingSDE "
                                    "starts from the degraded image itself")
-    if recipe.latent is not None:
-        ctx.fail("latent", "task 'distill' runs on pixels: latent teachers are not distilled yet")
 
 
 def _check_trackers(recipe: Recipe, ctx: Context) -> None:
@@ -92,7 +90,7 @@ def check_task(recipe: Recipe, raw: Mapping[str, Any], ctx: Context) -> None:
         if raw.get("scheduler") is not None:
             ctx.fail("scheduler", f"scheduler is only used by tasks 'sde' and 'distill', not {task!r}: remove it")
         if recipe.latent is not None:
-            ctx.fail("latent", f"latent is only used by task 'sde', not {task!r}: remove it")
+            ctx.fail("latent", f"latent is only used by tasks 'sde' and 'distill', not {task!r}: remove it")
     if recipe.train.loss not in LOSSES[task]:
         ctx.fail("train.loss", f"train.loss must be one of {', '.join(LOSSES[task])} for task "
                                f"{task!r}; got {recipe.train.loss!r}")

@@ -28,7 +28,7 @@ TASK_MODELS = {
             "BokehNAFNet"),
     "regressor": ("NAFNet", "Baseline", "HINet", "NAFFTNet"),
     "latent_autoencoder": ("LatentUNet",),
-    "distill": ("ConditionalNAFNet", "ConditionalUNet"),     # students of pixel-space IR-SDE teachers
+    "distill": ("ConditionalNAFNet", "ConditionalUNet"),     # students of IR-SDE teachers (pixels or latents)
 }
 TASK_MODEL_KIND = {"sde": "a noise network", "regressor": "a regressor",
                    "latent_autoencoder": "an autoencoder", "distill": "an IR-SDE noise network (the teacher's)"}

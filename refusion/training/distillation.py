@@ -34,8 +34,8 @@ def weights_sha256(net: torch.nn.Module) -> str:
 
 
 def load_teacher(cfg, device, *, source: str = "distill.teacher"):
-    """The teacher as refusion.load_model loads it, checked: an IR-SDE model with a pixel-space noise network
-    net(x_t, mu, t). ValueError naming ``source`` otherwise."""
+    """The teacher as refusion.load_model loads it, checked: an IR-SDE model with a noise network
+    net(x_t, mu, t) (on pixels, or on the latents of its autoencoder). ValueError naming ``source`` otherwise."""
     from refusion.inference.model import load_model
     from refusion.schedulers.ir_sde import IRSDEScheduler
 
@@ -47,8 +47,6 @@ def load_teacher(cfg, device, *, source: str = "distill.teacher"):
     if not isinstance(teacher.scheduler, IRSDEScheduler):
         raise ValueError(f"{what} runs a {type(teacher.scheduler).__name__}: only IR-SDE teachers (x_T = mu + "
                          f"lambda z) are distilled")
-    if teacher.autoencoder is not None:
-        raise ValueError(f"{what} is a latent model: latent teachers are not distilled yet")
     if teacher.capabilities.conditioning != "degraded":
         raise ValueError(f"{what} has a {teacher.capabilities.conditioning}-conditioned network "
                          f"({type(teacher.network).__name__}); students are distilled from net(x_t, mu, t) teachers")
@@ -56,13 +54,15 @@ def load_teacher(cfg, device, *, source: str = "distill.teacher"):
     return teacher
 
 
-def check_teacher_matches(cfg, scheduler_cfg, teacher) -> None:
-    """ValueError when the recipe's scheduler is not the teacher's SDE, or the teacher's weights are not those
-    the recipe was written for (a student resumed with another teacher)."""
+def check_teacher_matches(cfg, scheduler_cfg, teacher, autoencoder=None) -> None:
+    """ValueError when the recipe's scheduler is not the teacher's SDE, its autoencoder (``latent``) not the
+    teacher's, or the teacher's weights are not those the recipe was written for (a student resumed with another
+    teacher)."""
     if cfg.teacher_sha256 is not None and weights_sha256(teacher.network) != cfg.teacher_sha256:
         raise ValueError(f"distill.teacher {cfg.teacher!r}: its weights have sha256 {weights_sha256(teacher.network)} "
                          f"but the recipe was written for {cfg.teacher_sha256}: a student continues with the teacher "
                          f"it started with (write a new recipe with `refusion distill` for another teacher)")
+    _check_same_autoencoder(cfg, teacher.autoencoder, autoencoder)
     theirs = teacher.scheduler.config
     for key in ("max_sigma", "num_train_timesteps", "schedule", "eps", "prediction_type"):
         ours = getattr(scheduler_cfg, key)
@@ -72,6 +72,20 @@ def check_teacher_matches(cfg, scheduler_cfg, teacher) -> None:
     if cfg.teacher_steps > theirs["num_train_timesteps"]:
         raise ValueError(f"distill.teacher_steps ({cfg.teacher_steps}) exceeds the teacher's "
                          f"{theirs['num_train_timesteps']} trained steps")
+
+
+def _check_same_autoencoder(cfg, theirs, ours) -> None:
+    """A latent teacher's student samples the same latent space: the recipe's autoencoder is the teacher's."""
+    if theirs is None and ours is None:
+        return
+    if theirs is None:
+        raise ValueError(f"latent: distill.teacher {cfg.teacher!r} runs on pixels; remove the latent section")
+    if ours is None:
+        raise ValueError(f"latent: distill.teacher {cfg.teacher!r} is a latent model; the student needs its "
+                         f"autoencoder (latent.autoencoder: the teacher's autoencoder/ folder or run)")
+    if weights_sha256(ours) != weights_sha256(theirs):
+        raise ValueError(f"latent.autoencoder: its weights (sha256 {weights_sha256(ours)}) are not those of the "
+                         f"teacher's autoencoder ({weights_sha256(theirs)}): the student samples the teacher's latents")
 
 
 def solve(net, scheduler, x_T: torch.Tensor, mu: torch.Tensor, steps: int, cond: torch.Tensor | None = None):
@@ -95,16 +109,26 @@ def distillation_target(teacher_net, teacher_scheduler, cfg, mu, x_T, cond=None)
 
 def distill_objective(model, batch, scheduler, train_cfg, *, autoencoder=None, teacher, distill):
     """The student's loss for one batch: x_T drawn from torch's RNG (seeded per process, saved in checkpoints),
-    the teacher's endpoint from it, the student's K-step endpoint from the same x_T."""
+    the teacher's endpoint from it, the student's K-step endpoint from the same x_T. With an autoencoder (a
+    latent teacher) both solvers run on the latents of the LQ image and the endpoints are compared there; the
+    LPIPS and ground-truth terms compare the images decoded with the LQ image's skips."""
     from refusion.training.losses import MatchingLoss
+    from refusion.training.objectives import encode_latents, latent_grid
 
     gt, mu, cond = batch["gt"], batch["lq"], batch.get("cond")
+    decode = None
+    if autoencoder is not None:
+        _, mu, skips = encode_latents(autoencoder, gt, mu)
+        cond = latent_grid(cond, mu)
+        decode = lambda latent: autoencoder.decode(latent, skips)   # noqa: E731
     x_T = scheduler.initial_sample(mu)
     target = distillation_target(teacher.network, teacher.scheduler, distill, mu, x_T, cond)
     student = type(scheduler).from_config(scheduler.config, sampler="mr_ode")
     pred = solve(model, student, x_T, mu, distill.student_steps, cond)
     matching = MatchingLoss(train_cfg.loss)(pred, target)
     loss, logs = matching, {"teacher": float(matching.detach())}
+    if decode is not None and (distill.lpips_weight or distill.gt_weight):
+        pred, target = decode(pred), decode(target)
     if distill.lpips_weight:
         from refusion.evaluation.metrics import get_lpips_model
 

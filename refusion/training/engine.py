@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -170,10 +171,12 @@ def _build_run(recipe, run_dir: Path, accelerator: Accelerator) -> _Run:
     scheduler = None
     if recipe.task in ("sde", "distill"):
         scheduler = recipe.scheduler.build()
-    teacher = _student_of_teacher(recipe, model, accelerator.device) if recipe.task == "distill" else None
     autoencoder = None
     if recipe.latent is not None:
         autoencoder = rd.load_autoencoder_run(Path(recipe.latent.autoencoder)).to(accelerator.device)
+    teacher = None
+    if recipe.task == "distill":
+        teacher = _student_of_teacher(recipe, model, autoencoder, accelerator.device)
     ema = EMA(model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
     _compile(model, recipe.train.compile)
     module = objectives_module.training_module(recipe.task, model)
@@ -204,12 +207,13 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     return {k: move(v) for k, v in batch.items()}
 
 
-def _student_of_teacher(recipe, student: torch.nn.Module, device):
-    """Load and check the teacher of a distill run and start the student from its weights."""
+def _student_of_teacher(recipe, student: torch.nn.Module, autoencoder, device):
+    """Load and check the teacher of a distill run (its SDE, its autoencoder) and start the student from its
+    weights."""
     from refusion.training import distillation
 
     teacher = distillation.load_teacher(recipe.distill, device)
-    distillation.check_teacher_matches(recipe.distill, recipe.scheduler, teacher)
+    distillation.check_teacher_matches(recipe.distill, recipe.scheduler, teacher, autoencoder)
     try:
         student.load_state_dict(teacher.network.state_dict())
     except RuntimeError as exc:
@@ -470,7 +474,12 @@ def _log_images(run: _Run, step: int, first) -> None:
 
             writer.log({title: wandb.Image(chw.permute(1, 2, 0).numpy())}, step=step)
         elif tracker == "mlflow":
-            writer.log_image(chw.permute(1, 2, 0).numpy(), key=title.replace(" ", "_"), step=step)
+            # accelerate's mlflow tracker is the ActiveRun, which has no log_image; the client logs to that
+            # run. An image key takes only letters, digits and _-./ (space), so not the title's "(|)"
+            import mlflow
+
+            key = re.sub(r"[^A-Za-z0-9_\-./]+", "_", f"val/{name} lq restored gt")
+            mlflow.MlflowClient().log_image(writer.info.run_id, chw.permute(1, 2, 0).numpy(), key=key, step=step)
 
 
 # --- saving ---------------------------------------------------------------------------------

@@ -287,12 +287,13 @@ def load_model_dir(path: Path):
 
 
 def load_autoencoder_run(run_dir: Path):
-    """The trained autoencoder of a latent_autoencoder run (its model/ folder), frozen in eval mode."""
+    """The trained autoencoder of a latent_autoencoder run (its model/ folder), or the autoencoder/ folder
+    a latent SDE run or pipeline saved beside its network, frozen in eval mode."""
     run_dir = Path(run_dir)
-    model_dir = run_dir / "model"
+    model_dir = run_dir if (run_dir / "config.json").is_file() else run_dir / "model"
     if not model_dir.is_dir():
-        raise RunDirError(f"latent.autoencoder: {str(run_dir)!r} has no model/ folder; train the "
-                          "autoencoder first (tools/train_latent.py)")
+        raise RunDirError(f"latent.autoencoder: {str(run_dir)!r} has no model/ folder (nor a config.json of a "
+                          "saved autoencoder); train the autoencoder first (tools/train_latent.py)")
     autoencoder = load_model_dir(model_dir)
     autoencoder.requires_grad_(False)
     return autoencoder.eval()
