@@ -140,6 +140,7 @@ def test_distill_trains_a_student_that_every_entry_point_runs_at_k_steps(teacher
     ("regressor", "regressor: a teacher is an IR-SDE model"),
     ("steps", "--student-steps 3: must divide --teacher-steps (10)"),
     ("pipeline without data", "give the student's training pairs with --gt DIR --lq DIR"),
+    ("lpips on small patches", "LPIPS (AlexNet) needs images of at least 31x31 pixels; data.train.gt_size is 16"),
 ])
 def test_bad_teachers_and_step_counts_are_refused_before_any_work(teacher_run, tmp_path, capsys, case, words):
     teacher, extra = teacher_run, ["--student-steps", "1"]
@@ -148,6 +149,8 @@ def test_bad_teachers_and_step_counts_are_refused_before_any_work(teacher_run, t
         NAFNet(width=4, enc_blk_nums=[1], dec_blk_nums=[1], middle_blk_num=1).save_pretrained(teacher)
     elif case == "steps":
         extra = ["--student-steps", "3"]
+    elif case == "lpips on small patches":
+        extra += ["--set", "distill.lpips_weight=0.5"]
     else:
         teacher = tmp_path / "pipeline"
         refusion.RefusionPipeline(unet=teacher_net(), scheduler=IRSDEScheduler(num_train_timesteps=20)) \
@@ -248,6 +251,7 @@ def test_a_latent_teacher_gives_a_latent_student_with_its_autoencoder(teacher_ru
     teacher, student = load_model(teacher_dir), load_model(out)
     assert student.autoencoder is not None and student.default_steps() == 1
     assert weights_sha256(student.autoencoder) == weights_sha256(teacher.autoencoder)
+    assert f"latents of the teacher's autoencoder `{teacher_dir / 'autoencoder'}`" in (out / "README.md").read_text()
     calls = []
     student.network.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
     lq = torch.rand(1, 3, 24, 24)

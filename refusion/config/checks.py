@@ -40,6 +40,10 @@ def _check_sde_type(recipe: Recipe, ctx: Context) -> None:
             ctx.fail("latent", "latent: the DenoisingSDE runs on pixels; remove latent or use scheduler.type ir_sde")
 
 
+# AlexNet's pooling leaves no feature map below 31 pixels: LPIPS fails inside torch on smaller images
+LPIPS_MIN_SIZE = 31
+
+
 def _check_distill(recipe: Recipe, ctx: Context) -> None:
     """The distill section: present exactly for task distill; K a divisor of the teacher's steps."""
     cfg = recipe.distill
@@ -53,6 +57,10 @@ def _check_distill(recipe: Recipe, ctx: Context) -> None:
     if cfg.student_steps > cfg.teacher_steps or cfg.teacher_steps % cfg.student_steps:
         ctx.fail("distill.student_steps", f"distill.student_steps ({cfg.student_steps}) must divide "
                                           f"distill.teacher_steps ({cfg.teacher_steps}) and be at most it")
+    patch = recipe.data.train.gt_size
+    if cfg.lpips_weight and patch is not None and patch < LPIPS_MIN_SIZE:
+        ctx.fail("distill.lpips_weight", f"distill.lpips_weight: LPIPS (AlexNet) needs images of at least "
+                                         f"{LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} pixels; data.train.gt_size is {patch}")
     if recipe.scheduler.type != "ir_sde":
         ctx.fail("scheduler.type", "task 'distill' distils IR-SDE teachers (x_T = mu + lambda z); the DenoisingSDE "
                                    "starts from the degraded image itself")

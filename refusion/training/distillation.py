@@ -144,6 +144,8 @@ def distill_objective(model, batch, scheduler, train_cfg, *, autoencoder=None, t
 def write_student_card(run_dir: Path, recipe, teacher_sha: str) -> None:
     """README.md of a student run: the teacher (path and sha256), K, the solver it copies, the data."""
     cfg, data = recipe.distill, recipe.data.train
+    latent = "" if recipe.latent is None else (f"\n- **Latent**: both solvers run on the latents of the teacher's "
+                                               f"autoencoder `{recipe.latent.autoencoder}`, saved in autoencoder/")
     text = f"""# {recipe.name}: a {cfg.student_steps}-step student of an IR-SDE teacher
 
 - **Teacher**: `{cfg.teacher}` (weights sha256 `{teacher_sha}`)
@@ -153,7 +155,7 @@ def write_student_card(run_dir: Path, recipe, teacher_sha: str) -> None:
   step count runs the same solver, which the student was not trained for
 - **Loss**: {recipe.train.loss} to the teacher's endpoint, + {cfg.lpips_weight} x LPIPS, + {cfg.gt_weight} x L1 to
   the ground truth; {recipe.train.total_iters} iterations of batch {recipe.train.batch_size}
-- **Trained on**: `{data.gt}` / `{data.lq}` (patches of {data.gt_size})
+- **Trained on**: `{data.gt}` / `{data.lq}` (patches of {data.gt_size}){latent}
 
 Restore: `refusion restore photos/ -o out/ --model {run_dir}` (a different `--seed` draws another sample).
 """
