@@ -13,7 +13,9 @@ import yaml
 
 import refusion
 from refusion.cli import distill as distill_cli
-from refusion.data.image_io import write_image
+from refusion.cli import restore as restore_cli
+from refusion.cli.app_service import AppModel, AppService, Limits, Settings
+from refusion.data.image_io import read_image, write_image
 from refusion.evaluation.evaluate import evaluate_runs
 from refusion.inference.model import load_model
 from refusion.inference.pipeline import sde_sample
@@ -121,9 +123,18 @@ def test_distill_trains_a_student_that_every_entry_point_runs_at_k_steps(teacher
                                                         teacher.network.state_dict().values()))
     calls = []
     student.network.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
-    lq = torch.rand(1, 3, 24, 24)
+    png = write_image(tmp_path / "in" / "lq.png", np.random.default_rng(1).random((24, 24, 3)), bit_depth=8)
+    lq = torch.from_numpy(read_image(png)).permute(2, 0, 1)[None]
     one = restore_image(student, lq, RestoreSettings(seed=1)).image
     assert calls == [1]                                 # one network evaluation for the image
+    # the command line and the app, each with its defaults (no steps, no sampler): the same 1-step sample
+    assert restore_cli.main([str(png), "-o", str(tmp_path / "cli"), "--model", str(out), "--seed", "1",
+                             "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
+    from_cli = torch.from_numpy(read_image(tmp_path / "cli" / "lq.png")).permute(2, 0, 1)[None]
+    assert (from_cli - one).abs().max() <= 1 / 255 + 1e-6          # within one step of the 8-bit output
+    app = AppService([AppModel("student", student)], Limits(), tmp_path / "app").restore("student", png, Settings(seed=1))
+    torch.testing.assert_close(torch.from_numpy(app.restored).permute(2, 0, 1)[None], one, rtol=0, atol=INSTANCE_ATOL)
+    assert calls == [1, 1]                              # the app too ran the network once (the CLI loads its own)
     two = restore_image(student, lq, RestoreSettings(seed=2)).image
     assert (one - two).abs().max() > 1e-3              # another x_T, another sample: still a sampler
     torch.testing.assert_close(refusion.sample(lq, model=out, generator=torch.Generator().manual_seed(1),
