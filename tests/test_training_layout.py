@@ -51,20 +51,21 @@ def recipe(root: Path, data: tuple[Path, Path], name: str, **train) -> object:
         "validation": {"num_inference_steps": 2}, "logging": {"trackers": []}})
 
 
-def test_compile_keeps_the_keys_and_resume_stays_exact(tmp_path):
+@pytest.mark.parametrize("layout", [{"compile": True}, {"channels_last": True}], ids=["compile", "channels_last"])
+def test_the_keys_stay_and_resume_stays_exact(tmp_path, layout):
     data = make_pairs(tmp_path / "data", 4)
-    whole = train(recipe(tmp_path, data, "whole", compile=True))        # checkpoints at steps 1 and 2
+    whole = train(recipe(tmp_path, data, "whole", **layout))            # checkpoints at steps 1 and 2
     keys = set(ConditionalNAFNet(width=4, enc_blk_nums=[1], dec_blk_nums=[1], middle_blk_num=1).state_dict())
     assert set(load_file(whole / "model" / "diffusion_pytorch_model.safetensors")) == keys   # no _orig_mod.
     steps = sorted((whole / "checkpoints").glob("step_*"))
     assert set(load_file(next(steps[-1].glob("model*.safetensors")))) == keys
     # the run as a kill after step 1 leaves it, resumed: the weights of the uninterrupted run. Bit for bit, as
     # the other resume tests: one process, the network built afresh and the checkpoint copied in by
-    # load_state_dict, the same compiled kernels (inductor's code for the same shapes) on the same bits
+    # load_state_dict, the same kernels (for compile, inductor's code for the same shapes) on the same bits
     split = Path(shutil.copytree(whole, tmp_path / "split"))
     shutil.rmtree(split / "checkpoints" / steps[-1].name)
     (split / "model").rename(split / "model-of-step-2")
-    resumed = recipe(tmp_path, data, "split", compile=True)
+    resumed = recipe(tmp_path, data, "split", **layout)
     train(resumed, resume=True)
     assert_same_state(load_file(split / "model" / "diffusion_pytorch_model.safetensors"),
                       load_file(whole / "model" / "diffusion_pytorch_model.safetensors"))
