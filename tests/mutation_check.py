@@ -56,6 +56,9 @@ def m(name, path, old, new, tests, **kw) -> Mutant:
 
 SAMPLERS = "refusion/schedulers/samplers.py"
 IR_SDE = "refusion/schedulers/ir_sde.py"
+ENGINE = "refusion/training/engine.py"
+WANDB_TEST = "tests/test_trackers.py::test_wandb_offline_stores_the_scalars_and_the_validation_image"
+MLFLOW_TEST = "tests/test_trackers.py::test_mlflow_file_store_holds_the_scalars_and_the_validation_image"
 MUTANTS = [
     # ---------------------------------------------------------------- samplers
     m("sde noise sign", SAMPLERS, "score)\n    return mean if noise is None else mean - g_sqrt_dt * noise",
@@ -239,6 +242,17 @@ MUTANTS = [
       "return model.decode(latent_gt, model.encode(lq)[1])", "return model.decode(latent_gt, model.encode(gt)[1])",
       ("tests/test_training_validation.py::"
        "test_latent_autoencoder_validation_scores_the_gt_latent_decoded_with_the_lq_skips",)),
+    # ---------------------------------------------------------------- trackers (wandb offline, an mlflow file store)
+    m("wandb gets no validation image", ENGINE, "writer.log({title: wandb.Image(hwc)}, step=step)", "pass",
+      (WANDB_TEST,)),
+    m("wandb image as floats in [0, 1]", ENGINE, "wandb.Image(hwc)", "wandb.Image(chw.permute(1, 2, 0).numpy())",
+      (WANDB_TEST,)),
+    m("mlflow gets no validation image", ENGINE,
+      "mlflow.MlflowClient().log_image(writer.info.run_id, hwc, key=key, step=step)", "pass", (MLFLOW_TEST,)),
+    m("trackers get no training scalars", ENGINE, 'acc.log({**{f"train/{k}": v for k, v in means.items()}, '
+      '"train/lr": lr}, step=step)', "pass", (WANDB_TEST, MLFLOW_TEST)),
+    m("trackers get no validation scalars", ENGINE, 'acc.log({f"val/{k}": v for k, v in metrics.items()}, step=step)',
+      "pass", (WANDB_TEST, MLFLOW_TEST)),
 ]
 
 

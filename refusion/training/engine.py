@@ -456,6 +456,8 @@ def _validate(run: _Run, step: int) -> dict:
 
 def _log_images(run: _Run, step: int, first) -> None:
     """The first validation image (lq | restored | gt) to every tracker, in the form each one takes."""
+    from refusion.evaluation.metrics import to_uint8_image
+
     every, trackers = run.recipe.logging.image_every, run.recipe.logging.trackers
     if first is None or not trackers or not every or step % every:
         return
@@ -465,6 +467,7 @@ def _log_images(run: _Run, step: int, first) -> None:
     else:
         row = torch.cat([lq.float().clamp(0, 1), restored, gt.float()], dim=-1)
     title, chw = f"val/{name} (lq | restored | gt)", row.cpu().clamp(0, 1)
+    hwc = to_uint8_image(chw, input_order="CHW")   # wandb takes arrays as 0..255 (floats in [0, 1] come out black)
     for tracker in trackers:
         writer = run.accelerator.get_tracker(tracker, unwrap=True)
         if tracker == "tensorboard":
@@ -472,14 +475,14 @@ def _log_images(run: _Run, step: int, first) -> None:
         elif tracker == "wandb":
             import wandb
 
-            writer.log({title: wandb.Image(chw.permute(1, 2, 0).numpy())}, step=step)
+            writer.log({title: wandb.Image(hwc)}, step=step)
         elif tracker == "mlflow":
-            # accelerate's mlflow tracker is the ActiveRun, which has no log_image; the client logs to that
-            # run. An image key takes only letters, digits and _-./ (space), so not the title's "(|)"
+            # accelerate's mlflow tracker is the ActiveRun, which has no log_image: the client logs to its run.
+            # An image key takes only letters, digits, spaces and _-./, not the title's brackets and bars
             import mlflow
 
             key = re.sub(r"[^A-Za-z0-9_\-./]+", "_", f"val/{name} lq restored gt")
-            mlflow.MlflowClient().log_image(writer.info.run_id, chw.permute(1, 2, 0).numpy(), key=key, step=step)
+            mlflow.MlflowClient().log_image(writer.info.run_id, hwc, key=key, step=step)
 
 
 # --- saving ---------------------------------------------------------------------------------
