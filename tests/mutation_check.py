@@ -253,6 +253,10 @@ MUTANTS = [
       '"train/lr": lr}, step=step)', "pass", (WANDB_TEST, MLFLOW_TEST)),
     m("trackers get no validation scalars", ENGINE, 'acc.log({f"val/{k}": v for k, v in metrics.items()}, step=step)',
       "pass", (WANDB_TEST, MLFLOW_TEST)),
+    # ---------------------------------------------------------------- benchmarks
+    m("train_step memory: the pre-step peak read after the steps", "refusion/benchmarks/training.py",
+      'return {"pre_step_peak_rss_bytes": before,', 'return {"pre_step_peak_rss_bytes": perf.peak_rss_bytes(),',
+      ("tests/test_perf.py::test_train_step_reports_each_variants_peak_memory_from_a_process_of_its_own",)),
 ]
 
 

@@ -162,3 +162,19 @@ def test_layer_capture_sees_every_convolution_including_the_folded_one():
     for module, x in single:  # each captured input is one the layer can run on
         channels = module.in_channels if isinstance(module, nn.Conv2d) else module.weight.numel()
         assert x.shape[:2] == (1, channels), (module, x.shape)
+
+
+def test_train_step_reports_each_variants_peak_memory_from_a_process_of_its_own(monkeypatch):
+    from refusion.benchmarks import training
+
+    # one variant: each probe is a fresh interpreter importing torch and diffusers (about 8 s here)
+    monkeypatch.setattr(training, "_variants", lambda state: training.TRAIN_VARIANTS[:1])
+    monkeypatch.setattr(training, "_loss_curves", lambda state: {})
+    result = training.bench_train_step({"smoke": True, "full": False, "repeats": 1})
+    (network,) = result["networks"].values()
+    assert set(network["memory"]) == set(network["variants"]) == {"fp32"}
+    memory = network["memory"]["fp32"]
+    assert memory["steps"] == training.MEMORY_STEPS
+    # import <= network, batch and optimizer < the peak of the steps
+    assert 0 < memory["import_peak_rss_mib"] <= memory["pre_step_peak_rss_mib"] < memory["peak_rss_mib"]
+    assert memory["step_rss_increase_mib"] == memory["peak_rss_mib"] - memory["pre_step_peak_rss_mib"] > 0

@@ -13,6 +13,7 @@ from refusion.benchmarks import perf
 from refusion.models import MODELS
 
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 
 
 # name -> (class, full-size kwargs, small kwargs, kind); "full" = the paper configuration

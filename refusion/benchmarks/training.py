@@ -6,8 +6,10 @@ import time
 import torch
 
 from refusion.benchmarks import perf
-from refusion.benchmarks.common import build_network, make_train_step, network_inputs, print_table, synthetic_pairs
+from refusion.benchmarks.common import MIB, build_network, make_train_step, network_inputs, print_table, synthetic_pairs
 
+THIS_MODULE = "refusion.benchmarks.training"
+MEMORY_STEPS = 3    # training steps of a memory probe: the first allocates gradients and Lion's momentum
 
 # (variant, channels_last images, torch.compile, bf16 autocast): fp32 is the step before train.channels_last
 TRAIN_VARIANTS = (("fp32", False, False, False), ("channels_last", True, False, False),
@@ -33,18 +35,19 @@ def _layout(batch: dict, channels_last: bool) -> dict:
 
 def bench_train_step(state: dict) -> dict:
     """Seconds per training step of each variant (the first step apart: it pays the compile), side by
-    side, for the quickstart network and the Refusion-size one at a reduced batch; and the loss curves."""
+    side, for the quickstart network and the Refusion-size one at a reduced batch; then each variant's peak
+    resident memory, in a process of its own; and the loss curves."""
     smoke = state["smoke"]
     setups = [("ConditionalNAFNet-w16-quickstart", 2, 32)] if smoke else [
         ("ConditionalNAFNet-w16-quickstart", 4, 64), ("ConditionalNAFNet-w64-Refusion", 2, 128)]
     result = {"optimizer": "lion", "networks": {}}
     for name, batch_size, crop in setups:
+        # compiling the 28-block network takes many minutes on a small CPU: --full only
+        variants = [v for v in _variants(state) if not (v[2] and "Refusion" in name and not state["full"])]
         g = torch.Generator().manual_seed(5)
         batch = {k: torch.rand(batch_size, 3, crop, crop, generator=g) for k in ("gt", "lq")}
         steps, first = {}, {}
-        for variant, channels_last, compiled, bf16 in _variants(state):
-            if compiled and "Refusion" in name and not state["full"]:
-                continue        # compiling the 28-block network takes many minutes on a small CPU: --full only
+        for variant, channels_last, compiled, bf16 in variants:
             net, _ = build_network(name, True)
             if compiled:
                 net.compile()
@@ -54,14 +57,58 @@ def bench_train_step(state: dict) -> dict:
             first[variant] = time.perf_counter() - start
             steps[variant] = (lambda step=step, data=data: step(data))
         timings = perf.time_side_by_side(steps, repeats=max(2, state["repeats"] - 2), warmup=0)
+        memory = peak_memory(name, batch_size, crop, variants)
         base = timings["fp32"]["median_s"]
-        rows = [{"variant": k, "step s": t["median_s"], "vs fp32": base / t["median_s"], "first step s": first[k]}
+        rows = [{"variant": k, "step s": t["median_s"], "vs fp32": base / t["median_s"], "first step s": first[k],
+                 "peak RSS MiB": memory[k]["peak_rss_mib"], "step +MiB": memory[k]["step_rss_increase_mib"]}
                 for k, t in timings.items()]
         print_table(f"train step {name}, batch {batch_size}x3x{crop}x{crop}, Lion", rows, list(rows[0]))
         result["networks"][name] = {"batch": [batch_size, 3, crop, crop], "variants": timings,
-                                    "first_step_s": first, "speedup_vs_fp32": {r["variant"]: r["vs fp32"] for r in rows}}
+                                    "first_step_s": first, "speedup_vs_fp32": {r["variant"]: r["vs fp32"] for r in rows},
+                                    "memory": memory}
     result["loss_curves"] = _loss_curves(state)
     return result
+
+
+def train_step_memory(name: str, batch_size: int, crop: int, channels_last: bool, compiled: bool, bf16: bool,
+                      malloc_tuned: bool, steps: int = MEMORY_STEPS) -> dict:
+    """Subprocess body: the network and batch of a variant as bench_train_step builds them, then ``steps``
+    training steps; returns the peak RSS before the first step (the caller's report adds the peak after)."""
+    from refusion.inference.allocator import tune_malloc
+
+    if malloc_tuned:        # as the benchmarking process and the training engine have it
+        tune_malloc()
+    net, _ = build_network(name, True)
+    if compiled:
+        net.compile()
+    g = torch.Generator().manual_seed(5)
+    batch = _layout({k: torch.rand(batch_size, 3, crop, crop, generator=g) for k in ("gt", "lq")}, channels_last)
+    step = make_train_step(net.train(), bf16)
+    before = perf.peak_rss_bytes()
+    for _ in range(steps):
+        step(batch)
+    return {"pre_step_peak_rss_bytes": before, "steps": steps}
+
+
+def peak_memory(name: str, batch_size: int, crop: int, variants: list[tuple]) -> dict:
+    """Peak resident memory of each variant's training steps, each variant in a fresh process: a process's
+    peak only grows, so variants sharing one would hide each other's. In MiB: the peak after importing
+    torch and refusion, the peak before the first step (network, batch, optimizer), the peak after
+    MEMORY_STEPS steps, and the steps' increase over the pre-step peak (activations, gradients, optimizer
+    state, and under compile what inductor holds while it compiles in that process)."""
+    from refusion.inference.allocator import malloc_tuned
+
+    memory = {}
+    for variant, channels_last, compiled, bf16 in variants:
+        report = perf.run_with_peak_rss(f"{THIS_MODULE}:train_step_memory", dict(
+            name=name, batch_size=batch_size, crop=crop, channels_last=channels_last, compiled=compiled,
+            bf16=bf16, malloc_tuned=malloc_tuned()), threads=torch.get_num_threads())
+        pre_step, peak = report["result"]["pre_step_peak_rss_bytes"], report["peak_rss_bytes"]
+        memory[variant] = {"peak_rss_mib": peak / MIB, "pre_step_peak_rss_mib": pre_step / MIB,
+                           "step_rss_increase_mib": (peak - pre_step) / MIB,
+                           "import_peak_rss_mib": report["baseline_rss_bytes"] / MIB,
+                           "steps": report["result"]["steps"], "process_wall_s": report["wall_s"]}
+    return memory
 
 
 def _loss_curves(state: dict) -> dict:
