@@ -18,15 +18,20 @@ logger. The engine does not know which objective it runs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from refusion.data.lens import lens_arguments
+from refusion.inference.network_calls import noise_call
+from refusion.models.capabilities import GENERIC_NOISE, capabilities_of
 from refusion.schedulers.denoising_sde import DenoisingSDEScheduler
 from refusion.training.distillation import distill_objective
 from refusion.training.losses import CharbonnierLoss, FFTLoss, L1Loss, MatchingLoss, PSNRLoss
 
 LATENT_REGULARISER_WEIGHT = 0.001
+# a noise network that declares nothing, trained with the DenoisingSDE: net(x_t, t), as that SDE's networks
+UNCONDITIONAL_NOISE = dataclasses.replace(GENERIC_NOISE, conditioning="none")
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +76,8 @@ def sde_objective(model, batch, scheduler, train_cfg, *, autoencoder=None):
     # drawn in the logical (N, C, H, W) order: the same noise whatever the images' memory layout
     noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device)
     x_t = scheduler.add_noise(x0, noise, t, mu=mu).to(x0.dtype)
-    output = _noise_network(model, scheduler, x_t, mu, t, cond, batch.get("lens_info"))
+    call = noise_network(model, scheduler, lens_info=batch.get("lens_info"), batch=x0.shape[0], device=x0.device)
+    output = call(x_t, mu, t, cond)
     if scheduler.config.prediction_type == "sample":
         loss = MatchingLoss(train_cfg.loss)(_full(output), _full(x0))
         return loss, {"loss": loss.item()}
@@ -173,15 +179,14 @@ def training_module(task: str, model: nn.Module) -> nn.Module:
 # Validation: restore a batch of whole LQ images with the network being trained.
 
 
-def _noise_network(model, scheduler, x_t, mu, t, cond, lens_info=None):
-    """The noise prediction: the DenoisingSDE's networks see only the state (net(x_t, t), as the
-    official denoising-sde code calls them); the IR-SDE's see mu (and cond) too, and the bokeh network
-    the batch's (B, 3) lens information as ``lens_info=[src_lens, tgt_lens, disparity]`` (official)."""
-    if isinstance(scheduler, DenoisingSDEScheduler):
-        return model(x_t, t)
-    if lens_info is not None:
-        return model(x_t, mu, t, lens_info=lens_arguments(lens_info))
-    return model(x_t, mu, t) if cond is None else model(x_t, mu, t, cond)
+def noise_network(model, scheduler, *, lens_info=None, batch: int, device):
+    """How training calls its noise network: the inference wrappers (refusion.inference.network_calls), chosen
+    by what the network declares (the DenoisingSDE's networks net(x_t, t), the IR-SDE's net(x_t, mu, t) with
+    cond maps, the bokeh network with the batch's (B, 3) lens information); a network that declares nothing
+    is called as its scheduler's networks are."""
+    default = UNCONDITIONAL_NOISE if isinstance(scheduler, DenoisingSDEScheduler) else GENERIC_NOISE
+    return noise_call(model, capabilities_of(model, default), name=type(model).__name__, lens_info=lens_info,
+                      batch=batch, device=device)
 
 
 @torch.no_grad()
@@ -198,9 +203,10 @@ def sample_sde(model, scheduler, mu, *, num_inference_steps: int, cond=None, len
 def reverse_steps(model, scheduler, x, mu, *, cond=None, lens_info=None, generator=None):
     """The scheduler's steps (its timesteps already set) from the state ``x``: validation's sampling, and the
     distilled student's solver (refusion.training.distillation), differentiable when ``model`` is."""
+    call = noise_network(model, scheduler, lens_info=lens_info, batch=mu.shape[0], device=mu.device)
     for t in scheduler.timesteps:
         t_batch = t.expand(mu.shape[0]).to(mu.device)
-        noise_pred = _noise_network(model, scheduler, x, mu, t_batch, cond, lens_info)
+        noise_pred = call(x, mu, t_batch, cond)
         x = scheduler.step(noise_pred.float(), t, x, mu=mu, generator=generator).prev_sample.to(mu.dtype)
     return x
 
