@@ -281,3 +281,59 @@ def test_a_latent_teacher_gives_a_latent_student_with_its_autoencoder(teacher_ru
     assert distill(teacher_run, tmp_path / "refused", "--student-steps", "1", "--set",
                    f"latent.autoencoder={ae_dir}") == 2
     assert "runs on pixels; remove the latent section" in capsys.readouterr().err
+
+
+OFFICIAL = Path(__file__).parent / "data"
+
+
+def official_weights(tmp_path: Path, name: str) -> Path:
+    """A reference state dict of tests/data saved as the official code saves it."""
+    path = tmp_path / f"{name}.pth"
+    torch.save(torch.load(OFFICIAL / f"{name}.pt", weights_only=True), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["refusion", "latent"])
+def test_an_imported_official_teacher_distils_into_a_student_of_its_sde(teacher_run, tmp_path, kind):
+    from refusion.official.importer import import_official
+
+    teacher = tmp_path / "imported"
+    if kind == "refusion":      # the deshadow Refusion option file with a small network (epsilon prediction)
+        import_official(teacher, weights=official_weights(tmp_path, "net_cnafnet_refusion_small"),
+                        options=OFFICIAL / "official_import" / "refusion_small.yml")
+    else:       # the latent dehazing option file: a noise network on the latents of the reference UNet autoencoder
+        torch.manual_seed(0)
+        noise = ConditionalNAFNet(img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
+        torch.save(noise.state_dict(), tmp_path / "latent_G.pth")
+        import_official(teacher, weights=tmp_path / "latent_G.pth",
+                        latent_weights=official_weights(tmp_path, "net_unet_ae_small"),
+                        options=OFFICIAL / "official_import" / "latent_small.yml")
+    gt = Path(yaml.safe_load((teacher_run / "recipe.yml").read_text())["data"]["train"]["gt"])
+    out = tmp_path / "student"
+    assert distill(teacher, out, "--student-steps", "1", "--teacher-steps", "4", "--gt", str(gt), "--lq",
+                   str(gt.parent / "lq"), "--set", "data.train.gt_size=32") == 0
+    scheduler = yaml.safe_load((out / "recipe.yml").read_text())["scheduler"]
+    # the official SDE (max_sigma 50 on the 0-255 scale, T 100, cosine, eps 0.005), noise prediction
+    assert {k: scheduler[k] for k in ("num_train_timesteps", "schedule", "eps", "prediction_type")} == \
+        {"num_train_timesteps": 100, "schedule": "cosine", "eps": 0.005, "prediction_type": "epsilon"}
+    student, imported = load_model(out), load_model(teacher)
+    assert student.default_steps() == 1 and (student.autoencoder is not None) == (kind == "latent")
+    assert student.scheduler.config["max_sigma"] == imported.scheduler.config["max_sigma"]
+    image = restore_image(student, torch.rand(1, 3, 32, 32), RestoreSettings(seed=0)).image
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_an_official_sr_teacher_that_upsamples_its_input_is_refused(teacher_run, tmp_path, capsys):
+    from refusion.official.importer import import_official
+
+    options = yaml.safe_load((OFFICIAL / "official_options" / "sisr_refusion_test.yml").read_text())
+    options["network_G"]["setting"] = yaml.safe_load(
+        (OFFICIAL / "official_import" / "refusion_small.yml").read_text())["network_G"]["setting"]
+    (tmp_path / "sisr.yml").write_text(yaml.safe_dump(options))
+    teacher = tmp_path / "sr"
+    import_official(teacher, weights=official_weights(tmp_path, "net_cnafnet_refusion_small"),
+                    options=tmp_path / "sisr.yml")
+    gt = Path(yaml.safe_load((teacher_run / "recipe.yml").read_text())["data"]["train"]["gt"])
+    out = tmp_path / "student"
+    assert distill(teacher, out, "--student-steps", "1", "--gt", str(gt), "--lq", str(gt.parent / "lq")) == 2
+    assert "upsamples its LQ input x4 before sampling" in capsys.readouterr().err and not out.exists()

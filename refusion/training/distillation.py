@@ -47,6 +47,11 @@ def load_teacher(cfg, device, *, source: str = "distill.teacher"):
     if not isinstance(teacher.scheduler, IRSDEScheduler):
         raise ValueError(f"{what} runs a {type(teacher.scheduler).__name__}: only IR-SDE teachers (x_T = mu + "
                          f"lambda z) are distilled")
+    upscale = teacher.pipeline.config.get("lq_upscale", 1) if teacher.pipeline is not None else 1
+    if upscale != 1:
+        raise ValueError(f"{what} upsamples its LQ input x{upscale} before sampling (an official SR model): a "
+                         f"student restores at the size it is trained at and keeps no upsampling; distil a "
+                         f"teacher trained on LQ images already at the GT size (refusion dataset --task sr)")
     if teacher.capabilities.conditioning != "degraded":
         raise ValueError(f"{what} has a {teacher.capabilities.conditioning}-conditioned network "
                          f"({type(teacher.network).__name__}); students are distilled from net(x_t, mu, t) teachers")
