@@ -50,34 +50,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _teacher_data(args, teacher) -> dict:
-    """data: of the recipe: --gt/--lq, else the teacher run's own (train and val)."""
+def _teacher_recipe(teacher) -> dict | None:
+    """The recipe.yml of a teacher that is a training run, as written; None for other teachers."""
     import yaml
 
+    recipe = (teacher.source / "recipe.yml") if teacher.source is not None else None
+    return yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe is not None and recipe.is_file() else None
+
+
+def _teacher_data(args, teacher) -> dict:
+    """data: of the recipe: --gt/--lq, else the teacher run's own (train and val)."""
     if (args.gt is None) != (args.lq is None):
         raise UsageError("--gt and --lq go together (the student's training pairs)")
     if args.gt is not None:
         return {"train": {"gt": str(args.gt), "lq": str(args.lq), "gt_size": 128, "use_flip": True}}
-    recipe = (teacher.source / "recipe.yml") if teacher.source is not None else None
-    if recipe is None or not recipe.is_file():
+    recipe = _teacher_recipe(teacher)
+    if recipe is None:
         raise UsageError(f"{args.teacher} is not a training run (no recipe.yml with its data): give the student's "
                          f"training pairs with --gt DIR --lq DIR")
-    data = yaml.safe_load(recipe.read_text(encoding="utf-8"))["data"]
+    data = recipe["data"]
     return {key: data[key] for key in ("train", "val") if data.get(key)}
 
 
 def _teacher_autoencoder(args, teacher) -> dict:
     """latent: of the recipe for a latent teacher: the autoencoder/ folder saved beside its network, else the
     autoencoder its training run names; {} for a pixel-space teacher."""
-    import yaml
-
     if teacher.autoencoder is None:
         return {}
     folder = teacher.source / "autoencoder" if teacher.source is not None else None
     if folder is not None and (folder / "config.json").is_file():
         return {"latent": {"autoencoder": str(folder)}}
-    recipe = (teacher.source / "recipe.yml") if teacher.source is not None else None
-    latent = yaml.safe_load(recipe.read_text(encoding="utf-8")).get("latent") if recipe and recipe.is_file() else None
+    latent = (_teacher_recipe(teacher) or {}).get("latent")
     if not latent:
         raise UsageError(f"{args.teacher} is a latent model whose autoencoder is saved nowhere the student can "
                          f"name: save it as a pipeline (with its autoencoder/ folder) and distil that")

@@ -63,8 +63,9 @@ def check_teacher_matches(cfg, scheduler_cfg, teacher, autoencoder=None) -> None
     """ValueError when the recipe's scheduler is not the teacher's SDE, its autoencoder (``latent``) not the
     teacher's, or the teacher's weights are not those the recipe was written for (a student resumed with another
     teacher)."""
-    if cfg.teacher_sha256 is not None and weights_sha256(teacher.network) != cfg.teacher_sha256:
-        raise ValueError(f"distill.teacher {cfg.teacher!r}: its weights have sha256 {weights_sha256(teacher.network)} "
+    digest = weights_sha256(teacher.network) if cfg.teacher_sha256 is not None else None
+    if digest != cfg.teacher_sha256:
+        raise ValueError(f"distill.teacher {cfg.teacher!r}: its weights have sha256 {digest} "
                          f"but the recipe was written for {cfg.teacher_sha256}: a student continues with the teacher "
                          f"it started with (write a new recipe with `refusion distill` for another teacher)")
     _check_same_autoencoder(cfg, teacher.autoencoder, autoencoder)
@@ -88,9 +89,10 @@ def _check_same_autoencoder(cfg, theirs, ours) -> None:
     if ours is None:
         raise ValueError(f"latent: distill.teacher {cfg.teacher!r} is a latent model; the student needs its "
                          f"autoencoder (latent.autoencoder: the teacher's autoencoder/ folder or run)")
-    if weights_sha256(ours) != weights_sha256(theirs):
-        raise ValueError(f"latent.autoencoder: its weights (sha256 {weights_sha256(ours)}) are not those of the "
-                         f"teacher's autoencoder ({weights_sha256(theirs)}): the student samples the teacher's latents")
+    ours_sha, theirs_sha = weights_sha256(ours), weights_sha256(theirs)
+    if ours_sha != theirs_sha:
+        raise ValueError(f"latent.autoencoder: its weights (sha256 {ours_sha}) are not those of the "
+                         f"teacher's autoencoder ({theirs_sha}): the student samples the teacher's latents")
 
 
 def solve(net, scheduler, x_T: torch.Tensor, mu: torch.Tensor, steps: int, cond: torch.Tensor | None = None):

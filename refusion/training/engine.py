@@ -526,7 +526,9 @@ def _save_run_weights(run: _Run) -> None:
     if run.teacher is not None:
         from refusion.training.distillation import weights_sha256, write_student_card
 
-        write_student_card(run.run_dir, run.recipe, weights_sha256(run.teacher.network))
+        # a recorded digest was checked against the frozen teacher when the run started: no need to hash it again
+        digest = run.recipe.distill.teacher_sha256 or weights_sha256(run.teacher.network)
+        write_student_card(run.run_dir, run.recipe, digest)
     if run.scheduler is not None:
         rd.save_pretrained_atomic(run.scheduler, run.run_dir / "scheduler")
     if run.autoencoder is not None:
