@@ -25,15 +25,16 @@ from refusion.models import ConditionalNAFNet, LatentUNet, NAFNet
 from refusion.schedulers.ir_sde import IRSDEScheduler
 from refusion.training.distillation import distill_objective, distillation_target, solve, weights_sha256
 from same_results import INSTANCE_ATOL
+from test_official_import import OPTS, official, sisr_options_for_the_small_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TINY = dict(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
 
 
-def teacher_net(seed: int = 0) -> ConditionalNAFNet:
+def teacher_net(seed: int = 0, img_channel: int = 3) -> ConditionalNAFNet:
     torch.manual_seed(seed)
-    net = ConditionalNAFNet(**TINY)
+    net = ConditionalNAFNet(**{**TINY, "img_channel": img_channel})
     with torch.no_grad():          # the blocks' skip gains start at zero: give the blocks a say
         for name, p in net.named_parameters():
             if name.endswith(("beta", "gamma")):
@@ -194,12 +195,7 @@ def latent_teacher(folder: Path, seed: int = 0) -> Path:
     """A latent IR-SDE pipeline: a 4-channel noise network on the latents of a small LatentUNet."""
     torch.manual_seed(seed)
     autoencoder = LatentUNet(in_ch=3, out_ch=3, ch=4, ch_mult=[1, 2], embed_dim=4).eval()
-    unet = ConditionalNAFNet(**{**TINY, "img_channel": 4})
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.normal_(0, 0.3)
-    refusion.RefusionPipeline(unet=unet.eval(), scheduler=IRSDEScheduler(num_train_timesteps=20),
+    refusion.RefusionPipeline(unet=teacher_net(seed, img_channel=4), scheduler=IRSDEScheduler(num_train_timesteps=20),
                               autoencoder=autoencoder).save_pretrained(folder)
     return folder
 
@@ -283,31 +279,21 @@ def test_a_latent_teacher_gives_a_latent_student_with_its_autoencoder(teacher_ru
     assert "runs on pixels; remove the latent section" in capsys.readouterr().err
 
 
-OFFICIAL = Path(__file__).parent / "data"
-
-
-def official_weights(tmp_path: Path, name: str) -> Path:
-    """A reference state dict of tests/data saved as the official code saves it."""
-    path = tmp_path / f"{name}.pth"
-    torch.save(torch.load(OFFICIAL / f"{name}.pt", weights_only=True), path)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["refusion", "latent"])
 def test_an_imported_official_teacher_distils_into_a_student_of_its_sde(teacher_run, tmp_path, kind):
     from refusion.official.importer import import_official
 
     teacher = tmp_path / "imported"
     if kind == "refusion":      # the deshadow Refusion option file with a small network (epsilon prediction)
-        import_official(teacher, weights=official_weights(tmp_path, "net_cnafnet_refusion_small"),
-                        options=OFFICIAL / "official_import" / "refusion_small.yml")
+        import_official(teacher, weights=official(tmp_path, "net_cnafnet_refusion_small"),
+                        options=OPTS / "refusion_small.yml")
     else:       # the latent dehazing option file: a noise network on the latents of the reference UNet autoencoder
         torch.manual_seed(0)
         noise = ConditionalNAFNet(img_channel=3, width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
         torch.save(noise.state_dict(), tmp_path / "latent_G.pth")
         import_official(teacher, weights=tmp_path / "latent_G.pth",
-                        latent_weights=official_weights(tmp_path, "net_unet_ae_small"),
-                        options=OFFICIAL / "official_import" / "latent_small.yml")
+                        latent_weights=official(tmp_path, "net_unet_ae_small"),
+                        options=OPTS / "latent_small.yml")
     gt = Path(yaml.safe_load((teacher_run / "recipe.yml").read_text())["data"]["train"]["gt"])
     out = tmp_path / "student"
     assert distill(teacher, out, "--student-steps", "1", "--teacher-steps", "4", "--gt", str(gt), "--lq",
@@ -326,13 +312,9 @@ def test_an_imported_official_teacher_distils_into_a_student_of_its_sde(teacher_
 def test_an_official_sr_teacher_that_upsamples_its_input_is_refused(teacher_run, tmp_path, capsys):
     from refusion.official.importer import import_official
 
-    options = yaml.safe_load((OFFICIAL / "official_options" / "sisr_refusion_test.yml").read_text())
-    options["network_G"]["setting"] = yaml.safe_load(
-        (OFFICIAL / "official_import" / "refusion_small.yml").read_text())["network_G"]["setting"]
-    (tmp_path / "sisr.yml").write_text(yaml.safe_dump(options))
     teacher = tmp_path / "sr"
-    import_official(teacher, weights=official_weights(tmp_path, "net_cnafnet_refusion_small"),
-                    options=tmp_path / "sisr.yml")
+    import_official(teacher, weights=official(tmp_path, "net_cnafnet_refusion_small"),
+                    options=sisr_options_for_the_small_network(tmp_path))
     gt = Path(yaml.safe_load((teacher_run / "recipe.yml").read_text())["data"]["train"]["gt"])
     out = tmp_path / "student"
     assert distill(teacher, out, "--student-steps", "1", "--gt", str(gt), "--lq", str(gt.parent / "lq")) == 2
